@@ -1,0 +1,20 @@
+"""nexus-jupyter: secure, disposable code sandboxes for AI agents and data scientists."""
+
+from .errors import (
+    InvalidArgument,
+    PermissionDenied,
+    ProviderNotSupported,
+    ProviderUnavailable,
+    SandboxError,
+    SandboxNotFound,
+    SandboxStateError,
+    SandboxTimeout,
+    StoreError,
+)
+from .manager import SandboxManager
+
+__version__ = "0.1.0"
+__all__ = [
+    "InvalidArgument", "PermissionDenied", "ProviderNotSupported", "ProviderUnavailable", "SandboxError",
+    "SandboxManager", "SandboxNotFound", "SandboxStateError", "SandboxTimeout", "StoreError", "__version__",
+]

@@ -1,0 +1,501 @@
+"""SandboxManager: the one API every front end (CLI, magics, panel, REST) calls.
+
+It owns every business rule: ownership, TTL (an idle timeout refreshed by
+every use), state transitions, validation.  It keeps nothing about live
+sandboxes in memory: each call reads the store, so any process can operate
+any sandbox.  Methods return the seed's dicts.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import secrets
+import string
+import time
+from pathlib import Path
+from typing import IO, Callable, Iterator
+
+from .agent_client import AgentUnreachable
+from .errors import (
+    InvalidArgument,
+    PermissionDenied,
+    ProviderNotSupported,
+    SandboxError,
+    SandboxNotFound,
+    SandboxStateError,
+    SandboxTimeout,
+)
+from .providers.base import BoxSpec, Provider, provider_class
+from .store import LIVE_STATUSES, Store, to_record
+
+LANGUAGES = ("python", "javascript", "bash")
+LANGUAGE_ALIASES = {"py": "python", "python3": "python", "js": "javascript", "node": "javascript",
+                    "nodejs": "javascript", "sh": "bash", "shell": "bash"}
+DEFAULT_TTL_MINUTES = 10
+MAX_TTL_MINUTES = 7 * 24 * 60
+DEFAULT_TIMEOUT_SECONDS = 30
+MAX_TIMEOUT_SECONDS = 24 * 3600
+MAX_OUTPUT_CHARS = 1 << 20
+# A box started but never marked active within this time is taken as a failed create.
+CREATE_GRACE_SECONDS = 120
+# The agent ends its box itself this long after the TTL, in case no reaper runs.
+AGENT_EXPIRY_GRACE_SECONDS = 60
+ID_ALPHABET = string.ascii_lowercase + string.digits
+
+OutputCallback = Callable[[str], None]
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _whole_number(value, what: str, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidArgument(f"{what} must be a whole number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidArgument(f"{what} must be a whole number, got {value!r}") from None
+    if number != int(number) or not minimum <= number <= maximum:
+        raise InvalidArgument(f"{what} must be a whole number from {minimum} to {maximum}, got {value!r}")
+    return int(number)
+
+
+def _positive_number(value, what: str, maximum: float, unit: str = "") -> float:
+    unit_text = f" {unit}" if unit else ""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{what} must be a number{unit_text}, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{what} must be a number{unit_text}, got {value!r}") from None
+    if not 0 < number <= maximum:
+        raise InvalidArgument(f"{what} must be more than 0 and at most {maximum:g}{unit_text}, got {value!r}")
+    return number
+
+
+def normalize_language(language) -> str:
+    name = str(language or "").strip().lower()
+    name = LANGUAGE_ALIASES.get(name, name)
+    if name not in LANGUAGES:
+        raise InvalidArgument(f"unsupported language {language!r} (choose from: {', '.join(LANGUAGES)})")
+    return name
+
+
+def _check_code(code) -> str:
+    if code is None:
+        raise InvalidArgument("no code to run")
+    if isinstance(code, bytes):
+        try:
+            code = code.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument("code is not valid UTF-8") from None
+    if not isinstance(code, str):
+        raise InvalidArgument(f"code must be text, got {type(code).__name__}")
+    if "\0" in code:
+        raise InvalidArgument("code contains a NUL byte")
+    if not code.strip():
+        raise InvalidArgument("no code to run (the code is empty)")
+    return code
+
+
+class SandboxManager:
+    """Create, run code in, list, pause, resume and stop sandboxes.
+
+    ``data_dir`` defaults to ``$NEXUS_DATA_DIR`` (else the Jupyter data dir);
+    ``provider`` to ``$NEXUS_SANDBOX_PROVIDER`` (else ``local``); ``user_id``
+    to ``$NEXUS_USER`` (else the OS user); ``is_admin`` to ``$NEXUS_ADMIN``.
+    """
+
+    def __init__(self, data_dir: str | Path | None = None, *, provider: str | None = None,
+                 user_id: str | None = None, is_admin: bool | None = None):
+        self.store = Store(data_dir)
+        self.data_dir = self.store.data_dir
+        self.default_provider = provider or os.environ.get("NEXUS_SANDBOX_PROVIDER") or "local"
+        self.user_id = user_id or os.environ.get("NEXUS_USER") or getpass.getuser()
+        self.is_admin = _truthy(os.environ.get("NEXUS_ADMIN")) if is_admin is None else is_admin
+        self._providers: dict[str, Provider] = {}
+
+    @property
+    def current_user(self) -> str:
+        return self.user_id
+
+    def provider(self, name: str) -> Provider:
+        if name not in self._providers:
+            self._providers[name] = provider_class(name)(self.data_dir)
+        return self._providers[name]
+
+    # ---- lookup and ownership
+    def _resolve(self, sandbox_ref: str, *, include_stopped: bool = True) -> dict:
+        """The row for an id (or the unique live sandbox of that name) that the caller may see."""
+        if not isinstance(sandbox_ref, str) or not sandbox_ref.strip():
+            raise InvalidArgument("a sandbox id is required")
+        row = self.store.get(sandbox_ref)
+        if row is not None and not self.is_admin and row["user_id"] != self.user_id:
+            row = None  # another user's sandbox reads as not found
+        if row is None:
+            named = self.store.find_by_name(sandbox_ref, None if self.is_admin else self.user_id)
+            if len(named) > 1:
+                ids = ", ".join(r["sandbox_id"] for r in named)
+                raise InvalidArgument(f"more than one sandbox is named {sandbox_ref!r} ({ids}): use its id")
+            row = named[0] if named else None
+        if row is None:
+            raise SandboxNotFound(f"Sandbox not found: {sandbox_ref}")
+        if not include_stopped and row["status"] not in LIVE_STATUSES:
+            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is stopped")
+        return row
+
+    def _require_active(self, row: dict) -> None:
+        status = row["status"]
+        if status == "paused":
+            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is paused: resume it first")
+        if status == "creating":
+            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is still being created")
+        if status != "active":
+            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is stopped")
+
+    # ---- TTL
+    def _reap_expired(self) -> list[str]:
+        """Stop every sandbox whose idle time ran out (any user's).  Cheap when none did."""
+        stopped = []
+        for row in self.store.expired(time.time()):
+            if self._stop_row(row, reason="expired"):
+                stopped.append(row["sandbox_id"])
+        return stopped
+
+    def _touch(self, row: dict, extra_seconds: float = 0.0) -> None:
+        now = time.time()
+        self.store.update(row["sandbox_id"],
+                          {"last_active_at": now, "expires_at": now + row["ttl_minutes"] * 60 + extra_seconds},
+                          expect_status=("active",))
+
+    # ---- create
+    def sandbox_create(self, name: str, ttl_minutes: int = DEFAULT_TTL_MINUTES, template_id: str | None = None, *,
+                       provider: str | None = None, agent_id: str | None = None, tenant_id: str | None = None,
+                       allow_internet_access: bool = False, memory_mb: int = 1024, cpus: float = 1.0,
+                       max_processes: int = 256, disk_mb: int = 512, env: dict | None = None) -> dict:
+        """Create a sandbox; returns its 15-field record.
+
+        Raises InvalidArgument for bad values and ProviderUnavailable when the
+        provider cannot run here.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidArgument("a sandbox name is required")
+        if len(name) > 200 or any(ch in name for ch in "\0\n\r"):
+            raise InvalidArgument("a sandbox name is one line of at most 200 characters")
+        ttl = _whole_number(ttl_minutes, "ttl_minutes", 1, MAX_TTL_MINUTES)
+        spec = BoxSpec(
+            sandbox_id="sb_" + "".join(secrets.choice(ID_ALPHABET) for _ in range(16)),
+            template_id=template_id,
+            allow_internet=bool(allow_internet_access),
+            memory_mb=_whole_number(memory_mb, "memory_mb", 64, 1 << 20),
+            cpus=_positive_number(cpus, "cpus", os.cpu_count() or 1),
+            max_processes=_whole_number(max_processes, "max_processes", 8, 1 << 16),
+            disk_mb=_whole_number(disk_mb, "disk_mb", 16, 1 << 22),
+            env={str(k): str(v) for k, v in (env or {}).items()},
+            idle_timeout_seconds=ttl * 60 + AGENT_EXPIRY_GRACE_SECONDS,
+        )
+        provider_name = provider or self.default_provider
+        backend = self.provider(provider_name)
+        self._reap_expired()
+        now = time.time()
+        # The row is written before the box exists, so a crash mid-create
+        # leaves a row the reaper can find rather than an invisible box.
+        self.store.insert({
+            "sandbox_id": spec.sandbox_id, "name": name, "user_id": self.user_id, "agent_id": agent_id,
+            "tenant_id": tenant_id or "default", "provider": provider_name, "template_id": template_id,
+            "status": "creating", "created_at": now, "last_active_at": now, "ttl_minutes": ttl,
+            "expires_at": now + ttl * 60,
+            "options": {"allow_internet": spec.allow_internet, "memory_mb": spec.memory_mb, "cpus": spec.cpus,
+                        "max_processes": spec.max_processes, "disk_mb": spec.disk_mb,
+                        "env_keys": sorted(spec.env)},
+        })
+        try:
+            state = backend.create(spec)
+        except BaseException as exc:
+            self.store.update(spec.sandbox_id, {"status": "failed", "stopped_at": time.time(), "expires_at": None,
+                                                "stop_reason": f"create failed: {exc}"})
+            try:
+                backend.destroy(spec.sandbox_id, {})
+            except Exception:  # noqa: BLE001 - the create error is the one to report
+                pass
+            raise
+        now = time.time()
+        self.store.update(spec.sandbox_id, {"status": "active", "provider_state": state, "last_active_at": now,
+                                            "expires_at": now + ttl * 60}, expect_status=("creating",))
+        return to_record(self.store.get(spec.sandbox_id))
+
+    # ---- run
+    def sandbox_run(self, sandbox_id: str, language: str, code: str, timeout: float = DEFAULT_TIMEOUT_SECONDS, *,
+                    on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None,
+                    env: dict | None = None) -> dict:
+        """Run code; returns stdout, stderr, exit_code, execution_time.
+
+        Output is passed to ``on_stdout``/``on_stderr`` as it is produced.
+        Raises SandboxTimeout (with ``.result``) when the run exceeds ``timeout``.
+        """
+        language = normalize_language(language)
+        code = _check_code(code)
+        seconds = _positive_number(timeout, "timeout", MAX_TIMEOUT_SECONDS, "seconds")
+        self._reap_expired()
+        row = self._resolve(sandbox_id)
+        self._require_active(row)
+        # Not expirable while it runs: the TTL counts idle time only.
+        self._touch(row, extra_seconds=seconds + 30)
+        backend = self.provider(row["provider"])
+        try:
+            outcome = backend.run(row["sandbox_id"], row["provider_state"], language, code, seconds,
+                                  env=env, max_output_chars=MAX_OUTPUT_CHARS,
+                                  on_stdout=on_stdout, on_stderr=on_stderr)
+        except AgentUnreachable as exc:
+            self._mark_vanished(row, backend)
+            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}") from None
+        finally:
+            self._touch(row)
+        result = {
+            "stdout": outcome["stdout"],
+            "stderr": outcome["stderr"],
+            "exit_code": outcome["exit_code"],
+            "execution_time": outcome["execution_time"],
+        }
+        if outcome.get("timed_out"):
+            raise SandboxTimeout(f"Code execution exceeded {timeout:g} second timeout", result)
+        return result
+
+    def _mark_vanished(self, row: dict, backend: Provider) -> None:
+        """A box that stopped answering: if its provider no longer has it, the row says so."""
+        try:
+            gone = backend.inspect(row["sandbox_id"], row["provider_state"]) == "stopped"
+        except SandboxError:
+            return
+        if gone:
+            self._stop_row(row, reason="vanished")
+
+    # ---- state transitions
+    def sandbox_pause(self, sandbox_id: str) -> dict:
+        """Freeze every process of the sandbox; it keeps its state and does not expire while paused."""
+        self._reap_expired()
+        row = self._resolve(sandbox_id)
+        if row["status"] == "paused":
+            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is already paused")
+        self._require_active(row)
+        backend = self.provider(row["provider"])
+        if not backend.supports_pause:
+            raise ProviderNotSupported(
+                f"{backend.name} doesn't support pause/resume. Use stop to destroy the sandbox.")
+        backend.pause(row["sandbox_id"], row["provider_state"])
+        if not self.store.update(row["sandbox_id"], {"status": "paused", "paused_at": time.time(),
+                                                     "expires_at": None}, expect_status=("active",)):
+            backend.resume(row["sandbox_id"], row["provider_state"])
+            raise SandboxStateError(f"Sandbox {row['sandbox_id']} changed state while pausing; try again")
+        return to_record(self.store.get(row["sandbox_id"]))
+
+    def sandbox_resume(self, sandbox_id: str) -> dict:
+        """Thaw a paused sandbox; its idle timeout starts again."""
+        self._reap_expired()
+        row = self._resolve(sandbox_id)
+        if row["status"] == "active":
+            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not paused")
+        if row["status"] != "paused":
+            self._require_active(row)
+        backend = self.provider(row["provider"])
+        if not backend.supports_pause:
+            raise ProviderNotSupported(
+                f"{backend.name} doesn't support pause/resume. Create a new sandbox instead.")
+        backend.resume(row["sandbox_id"], row["provider_state"])
+        now = time.time()
+        self.store.update(row["sandbox_id"], {"status": "active", "paused_at": None, "last_active_at": now,
+                                              "expires_at": now + row["ttl_minutes"] * 60},
+                          expect_status=("paused",))
+        try:
+            backend.touch(row["sandbox_id"], row["provider_state"],
+                          row["ttl_minutes"] * 60 + AGENT_EXPIRY_GRACE_SECONDS)
+        except (SandboxError, OSError):
+            pass  # the box's own idle clock also notices the freeze
+        return to_record(self.store.get(row["sandbox_id"]))
+
+    def sandbox_stop(self, sandbox_id: str) -> dict:
+        """Destroy the sandbox and everything in it.  Stopping a stopped sandbox is not an error."""
+        self._reap_expired()
+        row = self._resolve(sandbox_id)
+        self._stop_row(row, reason="stopped")
+        return to_record(self.store.get(row["sandbox_id"]))
+
+    def _stop_row(self, row: dict, reason: str) -> bool:
+        """Mark stopped, then destroy (so a failed destroy leaves an orphan the reaper removes)."""
+        won = self.store.update(row["sandbox_id"], {"status": "stopped", "stopped_at": time.time(),
+                                                    "expires_at": None, "stop_reason": reason},
+                                expect_status=LIVE_STATUSES)
+        if won or row["status"] in LIVE_STATUSES:
+            self.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
+        return won
+
+    # ---- reading
+    def sandbox_status(self, sandbox_id: str) -> dict:
+        """The sandbox's 15-field record."""
+        self._reap_expired()
+        return to_record(self._resolve(sandbox_id))
+
+    def sandbox_list(self, context: dict | None = None, verify_status: bool = False,
+                     include_stopped: bool = False) -> dict:
+        """``{"sandboxes": [records]}`` of the caller's sandboxes (all users' filtered ones for admins).
+
+        ``context`` may hold ``user`` (or ``user_id``), ``agent_id`` and ``tenant_id``.
+        With ``verify_status`` each record gains ``verified`` and ``provider_status``
+        and rows whose box vanished are corrected.
+        """
+        context = dict(context or {})
+        user = context.get("user") or context.get("user_id")
+        if user is not None and user != self.user_id and not self.is_admin:
+            raise PermissionDenied(f"only admins can list another user's sandboxes (you are {self.user_id})")
+        self._reap_expired()
+        rows = self.store.select(user_id=user or self.user_id, agent_id=context.get("agent_id"),
+                                 tenant_id=context.get("tenant_id"), include_stopped=include_stopped)
+        now = time.time()
+        records = []
+        for row in rows:
+            record = to_record(row, now)
+            if verify_status:
+                record["verified"], record["provider_status"] = self._verify(row)
+            records.append(record)
+        return {"sandboxes": records}
+
+    def _verify(self, row: dict) -> tuple[bool, str | None]:
+        """Ask the provider what it holds; correct the row if the box vanished or froze."""
+        if row["status"] not in ("active", "paused"):
+            return True, "stopped" if row["status"] != "creating" else "creating"
+        try:
+            seen = self.provider(row["provider"]).inspect(row["sandbox_id"], row["provider_state"])
+        except SandboxError:
+            return False, None
+        if seen == "stopped":
+            self._stop_row(row, reason="vanished")
+        elif seen != row["status"]:
+            if seen == "paused":
+                self.store.update(row["sandbox_id"], {"status": "paused", "paused_at": time.time(),
+                                                      "expires_at": None}, expect_status=("active",))
+            else:
+                now = time.time()
+                self.store.update(row["sandbox_id"], {"status": "active", "paused_at": None, "last_active_at": now,
+                                                      "expires_at": now + row["ttl_minutes"] * 60},
+                                  expect_status=("paused",))
+        return True, seen
+
+    # ---- housekeeping
+    def reap(self) -> dict:
+        """One pass: stop expired sandboxes, fix vanished ones, destroy orphans.
+
+        Returns ``{"expired": [...], "vanished": [...], "failed_creates": [...], "orphans": [...]}``.
+        """
+        report = {"expired": self._reap_expired(), "vanished": [], "failed_creates": [], "orphans": []}
+        for row in self.store.stale_creating(time.time() - CREATE_GRACE_SECONDS):
+            if self.store.update(row["sandbox_id"], {"status": "failed", "stopped_at": time.time(),
+                                                     "stop_reason": "create did not finish"},
+                                 expect_status=("creating",)):
+                self.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
+                report["failed_creates"].append(row["sandbox_id"])
+        for row in self.store.select(include_stopped=False):
+            if row["status"] in ("active", "paused"):
+                verified, seen = self._verify(row)
+                if verified and seen == "stopped":
+                    report["vanished"].append(row["sandbox_id"])
+        providers = {row["provider"] for row in self.store.select(include_stopped=True)} | {"local"}
+        for name in sorted(providers):
+            try:
+                backend = self.provider(name)
+                # Resources first, rows second: a box created in between has its row already.
+                held = backend.box_ids()
+            except SandboxError:
+                continue
+            for orphan in sorted(held - self.store.live_ids(name)):
+                backend.destroy(orphan, {})
+                report["orphans"].append(orphan)
+        return report
+
+    # ---- files
+    def _file_target(self, sandbox_id: str) -> tuple[dict, Provider]:
+        self._reap_expired()
+        row = self._resolve(sandbox_id)
+        self._require_active(row)
+        self._touch(row)
+        return row, self.provider(row["provider"])
+
+    @staticmethod
+    def _check_path(path) -> str:
+        if not isinstance(path, str) or not path:
+            raise InvalidArgument("a file path is required")
+        if "\0" in path:
+            raise InvalidArgument("the file path contains a NUL byte")
+        return path
+
+    def sandbox_write_file(self, sandbox_id: str, path: str, content: bytes | str | IO[bytes]) -> dict:
+        """Write ``content`` to ``path`` (relative to the sandbox home); returns ``{"path", "size"}``."""
+        path = self._check_path(path)
+        if isinstance(content, str):
+            content = content.encode("utf-8")
+        row, backend = self._file_target(sandbox_id)
+        try:
+            done = backend.write_file(row["sandbox_id"], row["provider_state"], path, content)
+        except AgentUnreachable as exc:
+            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}") from None
+        except SandboxError as exc:
+            raise SandboxError(f"cannot write {path}: {exc}") from None
+        return {"path": done["path"], "size": done["size"]}
+
+    def sandbox_upload_file(self, sandbox_id: str, local_path: str | Path, path: str | None = None) -> dict:
+        """Copy a local file into the sandbox (streamed); returns ``{"path", "size"}``."""
+        local = Path(local_path)
+        try:
+            with open(local, "rb") as source:
+                return self.sandbox_write_file(sandbox_id, path or local.name, source)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read {local}: {exc.strerror}") from None
+
+    def sandbox_read_file_chunks(self, sandbox_id: str, path: str) -> Iterator[bytes]:
+        """The file's bytes in chunks, without holding it whole."""
+        path = self._check_path(path)
+        row, backend = self._file_target(sandbox_id)
+        chunks = backend.read_file_chunks(row["sandbox_id"], row["provider_state"], path)
+        try:
+            yield from chunks
+        except AgentUnreachable as exc:
+            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}") from None
+        except SandboxError as exc:
+            raise SandboxError(f"cannot read {path}: {exc}") from None
+
+    def sandbox_read_file(self, sandbox_id: str, path: str) -> bytes:
+        """The whole file's bytes."""
+        return b"".join(self.sandbox_read_file_chunks(sandbox_id, path))
+
+    def sandbox_download_file(self, sandbox_id: str, path: str, local_path: str | Path) -> dict:
+        """Copy a file out of the sandbox (streamed); returns ``{"path", "size"}`` of the local file.
+
+        The local file appears only once the copy is complete.
+        """
+        local = Path(local_path)
+        partial = local.with_name(local.name + ".partial")
+        size = 0
+        try:
+            with open(partial, "wb") as target:
+                for chunk in self.sandbox_read_file_chunks(sandbox_id, path):
+                    target.write(chunk)
+                    size += len(chunk)
+            os.replace(partial, local)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot write {local}: {exc.strerror}") from None
+        finally:
+            if partial.exists():
+                partial.unlink()
+        return {"path": str(local), "size": size}
+
+    def sandbox_list_files(self, sandbox_id: str, path: str = ".") -> list[dict]:
+        """Entries of a directory: name, path, type (file/dir/symlink), size, modified."""
+        path = self._check_path(path)
+        row, backend = self._file_target(sandbox_id)
+        try:
+            return backend.list_files(row["sandbox_id"], row["provider_state"], path)["entries"]
+        except AgentUnreachable as exc:
+            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}") from None
+        except SandboxError as exc:
+            raise SandboxError(f"cannot list {path}: {exc}") from None

@@ -1,0 +1,123 @@
+"""The provider interface and registry.
+
+A provider knows how to start, freeze, thaw, destroy and find boxes of one
+kind.  It finds its resources from what the store holds (``provider_state``)
+and from the resources themselves (cgroups, container labels), never from
+a dict in memory, so any process can operate any sandbox.
+
+Running code and moving files is the same for every box that runs the
+in-box agent (``nexus_jupyter.agent``): that part lives here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator
+
+from ..agent_client import AgentClient
+from ..errors import InvalidArgument, ProviderNotSupported
+
+OutputCallback = Callable[[str], None]
+
+
+@dataclass
+class BoxSpec:
+    """What a provider needs to start one box."""
+
+    sandbox_id: str
+    template_id: str | None = None
+    allow_internet: bool = False
+    memory_mb: int = 1024
+    cpus: float = 1.0
+    max_processes: int = 256
+    disk_mb: int = 512
+    env: dict = field(default_factory=dict)
+    idle_timeout_seconds: float = 0.0
+
+
+class Provider(ABC):
+    """One kind of box.  Every method is safe to call from any process."""
+
+    name: ClassVar[str] = ""
+    supports_pause: ClassVar[bool] = True
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+
+    # ---- lifecycle (each provider's own)
+    @abstractmethod
+    def create(self, spec: BoxSpec) -> dict:
+        """Start a box; returns the provider state to store with the row."""
+
+    @abstractmethod
+    def destroy(self, sandbox_id: str, state: dict) -> None:
+        """Remove every process and file of the box.  Succeeds if it is already gone."""
+
+    @abstractmethod
+    def pause(self, sandbox_id: str, state: dict) -> None:
+        """Freeze every process of the box."""
+
+    @abstractmethod
+    def resume(self, sandbox_id: str, state: dict) -> None:
+        """Thaw the box."""
+
+    @abstractmethod
+    def inspect(self, sandbox_id: str, state: dict) -> str:
+        """What the provider sees: ``active``, ``paused`` or ``stopped`` (gone)."""
+
+    @abstractmethod
+    def box_ids(self) -> set[str]:
+        """Ids of every box this provider holds for this data dir (live or not)."""
+
+    def notices(self) -> list[str]:
+        """Warnings about weaker isolation on this machine (shown by create)."""
+        return []
+
+    # ---- code and files, through the in-box agent
+    def agent(self, sandbox_id: str, state: dict) -> AgentClient:
+        raise ProviderNotSupported(f"the {self.name} provider has no in-box agent")
+
+    def run(self, sandbox_id: str, state: dict, language: str, code: str, timeout: float, *,
+            env: dict | None = None, max_output_chars: int = 1 << 20,
+            on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None) -> dict:
+        """Run code; returns stdout, stderr, exit_code, execution_time, timed_out."""
+        return self.agent(sandbox_id, state).run(
+            language, code, timeout, env=env, max_output_chars=max_output_chars,
+            on_stdout=on_stdout, on_stderr=on_stderr)
+
+    def touch(self, sandbox_id: str, state: dict, idle_timeout_seconds: float) -> None:
+        """Tell the box it was used (its own idle clock restarts)."""
+        self.agent(sandbox_id, state).touch(idle_timeout_seconds)
+
+    def write_file(self, sandbox_id: str, state: dict, path: str, source) -> dict:
+        return self.agent(sandbox_id, state).write_file(path, source)
+
+    def read_file_chunks(self, sandbox_id: str, state: dict, path: str) -> Iterator[bytes]:
+        return self.agent(sandbox_id, state).read_file_chunks(path)
+
+    def list_files(self, sandbox_id: str, state: dict, path: str) -> dict:
+        return self.agent(sandbox_id, state).list_files(path)
+
+
+BUILTIN_PROVIDERS = {
+    "local": "nexus_jupyter.providers.local:LocalProvider",
+}
+ENTRY_POINT_GROUP = "nexus_jupyter.providers"
+
+
+def provider_class(name: str) -> type[Provider]:
+    """The provider class called ``name``: built in, or from the entry-point group."""
+    target = BUILTIN_PROVIDERS.get(name)
+    if target is None:
+        from importlib.metadata import entry_points
+
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            if entry.name == name:
+                return entry.load()
+        known = sorted(set(BUILTIN_PROVIDERS) | {e.name for e in entry_points(group=ENTRY_POINT_GROUP)})
+        raise InvalidArgument(f"unknown provider {name!r} (choose from: {', '.join(known)})")
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)

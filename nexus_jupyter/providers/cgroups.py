@@ -1,0 +1,203 @@
+"""Control groups for local boxes: limits, freeze/thaw, and kill-everything.
+
+Supports cgroup v1 (one hierarchy per controller, as on this project's CI)
+and cgroup v2 (one unified hierarchy).  Each data directory gets its own
+parent group (``nexus-<hash>``) so two stores on one machine never mistake
+each other's boxes for orphans.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "pids", "freezer", "cpu")
+CPU_PERIOD_US = 100_000
+
+
+class CgroupError(OSError):
+    pass
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(value)
+
+
+def _read(path: Path) -> str:
+    with open(path) as handle:
+        return handle.read()
+
+
+def _read_pids(path: Path) -> list[int]:
+    try:
+        return [int(line) for line in _read(path).split()]
+    except FileNotFoundError:
+        return []
+
+
+class Cgroups:
+    """The cgroups of one store's boxes.  ``detect()`` returns None where none can be made."""
+
+    def __init__(self, version: int, group: str):
+        self.version = version
+        self.group = group
+
+    @classmethod
+    def detect(cls, data_dir: Path) -> tuple["Cgroups | None", str]:
+        """Returns (cgroups or None, a reason when None)."""
+        group = "nexus-" + hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
+        if (CGROUP_ROOT / "cgroup.controllers").exists():
+            candidate = cls(2, group)
+        elif all((CGROUP_ROOT / c).is_dir() for c in V1_CONTROLLERS):
+            candidate = cls(1, group)
+        else:
+            return None, "no cgroup v1 or v2 hierarchy with memory, pids, freezer and cpu is mounted"
+        try:
+            candidate._prepare()
+        except OSError as exc:
+            return None, f"cgroups are not writable here ({exc.strerror or exc})"
+        return candidate, ""
+
+    # ---- layout
+    def _parents(self) -> list[Path]:
+        if self.version == 2:
+            return [CGROUP_ROOT / self.group]
+        return [CGROUP_ROOT / c / self.group for c in V1_CONTROLLERS]
+
+    def _dir(self, controller: str, box_id: str) -> Path:
+        if self.version == 2:
+            return CGROUP_ROOT / self.group / box_id
+        return CGROUP_ROOT / controller / self.group / box_id
+
+    def _prepare(self) -> None:
+        for parent in self._parents():
+            parent.mkdir(exist_ok=True)
+        if self.version == 2:
+            wanted = {"memory", "pids", "cpu"}
+            available = set(_read(CGROUP_ROOT / "cgroup.controllers").split())
+            if not wanted <= available:
+                raise CgroupError(errno.ENOTSUP, f"controllers missing: {sorted(wanted - available)}")
+            for path in (CGROUP_ROOT, CGROUP_ROOT / self.group):
+                enabled = set(_read(path / "cgroup.subtree_control").split())
+                if not wanted <= enabled:
+                    _write(path / "cgroup.subtree_control", " ".join("+" + c for c in sorted(wanted - enabled)))
+
+    def procs_files(self, box_id: str) -> list[str]:
+        """The files a process writes its pid to, to join the box's groups."""
+        if self.version == 2:
+            return [str(self._dir("", box_id) / "cgroup.procs")]
+        return [str(self._dir(c, box_id) / "cgroup.procs") for c in V1_CONTROLLERS]
+
+    # ---- lifecycle
+    def create(self, box_id: str, memory_bytes: int, max_processes: int, cpus: float) -> None:
+        quota = max(int(cpus * CPU_PERIOD_US), 1000)
+        if self.version == 2:
+            path = self._dir("", box_id)
+            path.mkdir(exist_ok=True)
+            _write(path / "memory.max", str(memory_bytes))
+            if (path / "memory.swap.max").exists():
+                _write(path / "memory.swap.max", "0")
+            _write(path / "pids.max", str(max_processes))
+            _write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            return
+        for controller in V1_CONTROLLERS:
+            self._dir(controller, box_id).mkdir(exist_ok=True)
+        memory = self._dir("memory", box_id)
+        _write(memory / "memory.limit_in_bytes", str(memory_bytes))
+        if (memory / "memory.memsw.limit_in_bytes").exists():
+            # Memory plus swap equal to memory: the box cannot swap its way past the limit.
+            _write(memory / "memory.memsw.limit_in_bytes", str(memory_bytes))
+        _write(self._dir("pids", box_id) / "pids.max", str(max_processes))
+        cpu = self._dir("cpu", box_id)
+        _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        _write(cpu / "cpu.cfs_quota_us", str(quota))
+
+    def pids(self, box_id: str) -> list[int]:
+        controller = "" if self.version == 2 else "pids"
+        return _read_pids(self._dir(controller, box_id) / "cgroup.procs")
+
+    def exists(self, box_id: str) -> bool:
+        return self._dir("" if self.version == 2 else "pids", box_id).is_dir()
+
+    def freeze(self, box_id: str) -> None:
+        self._set_frozen(box_id, True)
+
+    def thaw(self, box_id: str) -> None:
+        self._set_frozen(box_id, False)
+
+    def is_frozen(self, box_id: str) -> bool:
+        try:
+            if self.version == 2:
+                return "frozen 1" in _read(self._dir("", box_id) / "cgroup.events")
+            return _read(self._dir("freezer", box_id) / "freezer.state").strip() != "THAWED"
+        except FileNotFoundError:
+            return False
+
+    def _set_frozen(self, box_id: str, frozen: bool) -> None:
+        if self.version == 2:
+            _write(self._dir("", box_id) / "cgroup.freeze", "1" if frozen else "0")
+        else:
+            _write(self._dir("freezer", box_id) / "freezer.state", "FROZEN" if frozen else "THAWED")
+        # Freezing is asynchronous: wait until every task has stopped (or run again).
+        deadline = time.monotonic() + 5
+        while self.is_frozen(box_id) != frozen and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def oom_kills(self, box_id: str) -> int:
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        try:
+            for line in _read(self._dir("memory", box_id) / name).splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (FileNotFoundError, ValueError):
+            pass
+        return 0
+
+    def kill(self, box_id: str) -> None:
+        """Kill every process of the box; returns once the group is empty."""
+        if not self.exists(box_id):
+            return
+        kill_file = self._dir("", box_id) / "cgroup.kill"
+        if self.version == 2 and kill_file.exists():
+            _write(kill_file, "1")
+        else:
+            # Frozen processes cannot fork between our reading the list and the kill.
+            self.freeze(box_id)
+            for pid in self.pids(box_id):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.thaw(box_id)
+        deadline = time.monotonic() + 10
+        while self.pids(box_id) and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def remove(self, box_id: str) -> None:
+        controllers = [""] if self.version == 2 else V1_CONTROLLERS
+        for controller in controllers:
+            path = self._dir(controller, box_id)
+            for _ in range(200):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        raise
+                    time.sleep(0.005)
+
+    def box_ids(self) -> set[str]:
+        parent = self._parents()[0] if self.version == 2 else CGROUP_ROOT / "pids" / self.group
+        try:
+            return {entry.name for entry in os.scandir(parent) if entry.is_dir()}
+        except FileNotFoundError:
+            return set()

@@ -1,0 +1,345 @@
+"""The local provider: a box is a bubblewrap sandbox on this machine.
+
+Each box gets its own user, mount, PID, IPC, UTS, cgroup and (unless
+internet access is allowed) network namespaces; no capabilities; a
+read-only view of the system directories and of the Python and Node.js
+installations; a private, size-limited home directory and /tmp; and a
+cgroup that bounds its memory, processes and CPU and lets us freeze and
+kill it as a whole.  Inside runs the agent (``nexus_jupyter.agent``).
+
+The box is started detached (``setsid -f``) so it outlives the process that
+created it; everything needed to find it again is on disk: its directory
+under ``<data_dir>/sandboxes/<id>``, its cgroups, and ``box.pid``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from ..agent_client import AgentClient
+from ..errors import ProviderUnavailable
+from .base import BoxSpec, Provider
+from .cgroups import Cgroups
+
+BOX_UID = 1000
+BOX_HOME = "/home/user"
+BOX_RUN = "/run/nexus"
+BOX_AGENT = "/opt/nexus/agent.py"
+AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent.py"
+
+# Joins the box's cgroups and records its pid before bubblewrap starts, so
+# no process of the box ever runs outside its limits.
+LAUNCHER = r"""
+pidfile=$1; shift
+while [ "$1" != "--" ]; do echo $$ > "$1" || exit 97; shift; done
+shift
+echo $$ > "$pidfile"
+exec "$@"
+"""
+
+# Host files a box may read: what dynamic linking, TLS and time zones need.
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "ssl", "ca-certificates",
+             "localtime", "nsswitch.conf", "mime.types", "protocols", "services")
+TOP_LEVEL_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+MS_NOSUID, MS_NODEV = 2, 4
+MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@lru_cache(maxsize=1)
+def _bwrap_features(bwrap: str) -> frozenset:
+    help_text = subprocess.run([bwrap, "--help"], capture_output=True, text=True).stdout
+    return frozenset(flag for flag in ("--disable-userns", "--size", "--clearenv") if flag in help_text)
+
+
+def _runtime_paths() -> list[str]:
+    """Directories outside /usr that the interpreters live in (bound read-only)."""
+    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix,
+                  str(Path(os.path.realpath(sys.executable)).parent.parent)}
+    node = shutil.which("node")
+    if node:
+        candidates.add(str(Path(os.path.realpath(node)).parent.parent))
+    paths = []
+    for path in sorted(candidates):
+        if path == "/usr" or path.startswith("/usr/") or not os.path.isdir(path):
+            continue
+        if any(path.startswith(kept + "/") for kept in paths):
+            continue
+        paths.append(path)
+    return paths
+
+
+def _interpreters() -> dict:
+    return {"python": sys.executable, "javascript": shutil.which("node") or "node", "bash": "/bin/bash"}
+
+
+def box_environment(extra: dict | None = None) -> dict:
+    """The environment every run starts with (nothing from the host's)."""
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": BOX_HOME, "USER": "user", "LOGNAME": "user", "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TERM": "dumb", "TMPDIR": "/tmp",
+        "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg",
+    }
+    env.update(extra or {})
+    return env
+
+
+class LocalProvider(Provider):
+    """Boxes made with bubblewrap and cgroups on this machine."""
+
+    name = "local"
+    supports_pause = True
+
+    def __init__(self, data_dir: Path):
+        super().__init__(data_dir)
+        self.root = self.data_dir / "sandboxes"
+        self._cgroups: Cgroups | None = None
+        self._cgroup_reason: str | None = None
+
+    # ---- machine capabilities
+    @property
+    def cgroups(self) -> Cgroups | None:
+        if self._cgroup_reason is None:
+            self._cgroups, self._cgroup_reason = Cgroups.detect(self.data_dir)
+        return self._cgroups
+
+    def notices(self) -> list[str]:
+        notes = []
+        if self.cgroups is None:
+            notes.append(f"cgroups unavailable ({self._cgroup_reason}): memory and process limits apply "
+                         "per process (rlimits) and pause uses SIGSTOP")
+        if os.geteuid() != 0:
+            notes.append("not root: the sandbox home is a plain directory (each file is size-limited, "
+                         "the total is not)")
+        return notes
+
+    def _bwrap(self) -> str:
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            raise ProviderUnavailable(
+                "bubblewrap (bwrap) is not installed, and the local provider never runs code unisolated: "
+                "install it with 'apt-get install bubblewrap' (Debian/Ubuntu) or 'dnf install bubblewrap' (Fedora)")
+        return bwrap
+
+    # ---- paths
+    def box_dir(self, sandbox_id: str) -> Path:
+        return self.root / sandbox_id
+
+    def agent(self, sandbox_id: str, state: dict) -> AgentClient:
+        return AgentClient(self.box_dir(sandbox_id) / "fs" / "run" / "agent.sock",
+                           is_alive=lambda: self.inspect(sandbox_id, state) != "stopped",
+                           explain=lambda: self._log_tail(sandbox_id))
+
+    def _log_tail(self, sandbox_id: str) -> str:
+        try:
+            lines = (self.box_dir(sandbox_id) / "box.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+    # ---- lifecycle
+    def create(self, spec: BoxSpec) -> dict:
+        bwrap = self._bwrap()
+        box = self.box_dir(spec.sandbox_id)
+        (box / "etc").mkdir(parents=True, exist_ok=True)
+        (box / "fs").mkdir(exist_ok=True)
+        state = {"dir": str(box), "tmpfs": self._mount_box_fs(box / "fs", spec.disk_mb)}
+        for sub in ("home", "run"):
+            (box / "fs" / sub).mkdir(exist_ok=True)
+        self._write_etc(box / "etc")
+        cgroups = self.cgroups
+        join = []
+        if cgroups is not None:
+            cgroups.create(spec.sandbox_id, spec.memory_mb << 20, spec.max_processes, spec.cpus)
+            join = cgroups.procs_files(spec.sandbox_id)
+        state["cgroups"] = cgroups is not None
+        limits = {"file_size_bytes": spec.disk_mb << 20, "open_files": 1024}
+        if cgroups is None:
+            limits.update(nproc=spec.max_processes, address_space_bytes=spec.memory_mb << 20)
+        config = {"interpreters": _interpreters(), "env": box_environment(spec.env), "limits": limits}
+        command = [
+            *self._bwrap_args(bwrap, spec, box),
+            "--", sys.executable, "-I", "-S", BOX_AGENT, "--socket", f"{BOX_RUN}/agent.sock",
+            "--workdir", BOX_HOME, "--idle-timeout", str(spec.idle_timeout_seconds),
+            "--config", json.dumps(config),
+        ]
+        launcher = ["setsid", "-f"] if shutil.which("setsid") else []
+        with open(box / "box.log", "ab") as log:
+            subprocess.run(
+                [*launcher, "/bin/sh", "-c", LAUNCHER, "sh", str(box / "box.pid"), *join, "--", *command],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, check=True,
+                start_new_session=True)
+        self._wait_launched(spec.sandbox_id)
+        return state
+
+    def _wait_launched(self, sandbox_id: str) -> None:
+        """Wait until the launcher has joined the cgroups (it writes box.pid right after)."""
+        pidfile = self.box_dir(sandbox_id) / "box.pid"
+        deadline = time.monotonic() + 10
+        while not pidfile.exists():
+            if time.monotonic() > deadline:
+                raise ProviderUnavailable(f"the sandbox did not start: {self._log_tail(sandbox_id) or 'no output'}")
+            time.sleep(0.0005)
+
+    def _mount_box_fs(self, where: Path, disk_mb: int) -> bool:
+        """A size-limited tmpfs for everything the box can write (its home and the agent's
+        socket directory), so filling it cannot fill the host's disk."""
+        if os.geteuid() != 0 or os.path.ismount(where):
+            return os.path.ismount(where)
+        options = f"size={disk_mb}m,mode=0755,uid=0,gid=0".encode()
+        return _libc.mount(b"nexus-box", str(where).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0
+
+    @staticmethod
+    def _write_etc(etc: Path) -> None:
+        (etc / "passwd").write_text(f"user:x:{BOX_UID}:{BOX_UID}:sandbox user:{BOX_HOME}:/bin/bash\n"
+                                    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+        (etc / "group").write_text(f"user:x:{BOX_UID}:\nnogroup:x:65534:\n")
+        (etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n")
+
+    def _bwrap_args(self, bwrap: str, spec: BoxSpec, box: Path) -> list[str]:
+        features = _bwrap_features(bwrap)
+        args = [bwrap, "--unshare-user", "--uid", str(BOX_UID), "--gid", str(BOX_UID),
+                "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
+                "--hostname", "sandbox", "--cap-drop", "ALL", "--new-session"]
+        if "--disable-userns" in features:
+            args.append("--disable-userns")  # no nested user namespaces: no way back to capabilities
+        if not spec.allow_internet:
+            args.append("--unshare-net")
+        if "--clearenv" in features:
+            args.append("--clearenv")
+        args += ["--ro-bind", "/usr", "/usr"]
+        for name in TOP_LEVEL_LINKS:
+            path = Path("/") / name
+            if path.is_symlink():
+                args += ["--symlink", os.readlink(path), str(path)]
+            elif path.is_dir():
+                args += ["--ro-bind", str(path), str(path)]
+        for name in ETC_FILES + (("resolv.conf",) if spec.allow_internet else ()):
+            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        for name in ("passwd", "group", "hosts"):
+            args += ["--ro-bind", str(box / "etc" / name), f"/etc/{name}"]
+        for path in _runtime_paths():
+            args += ["--ro-bind", path, path]
+        args += ["--ro-bind", str(AGENT_SOURCE), BOX_AGENT,
+                 "--bind", str(box / "fs" / "home"), BOX_HOME,
+                 "--bind", str(box / "fs" / "run"), BOX_RUN,
+                 "--proc", "/proc", "--dev", "/dev"]
+        if "--size" in features:
+            args += ["--size", str(spec.disk_mb << 20)]
+        args += ["--tmpfs", "/tmp",
+                 # Everything but the home, /tmp and the agent's directory is read-only.
+                 "--remount-ro", "/",
+                 "--chdir", BOX_HOME, "--setenv", "HOME", BOX_HOME]
+        return args
+
+    def _box_pid(self, sandbox_id: str) -> int | None:
+        try:
+            pid = int((self.box_dir(sandbox_id) / "box.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"bwrap" not in cmdline.read().split(b"\0")[0]:
+                    return None  # the pid was reused by something else
+        except OSError:
+            return None
+        return pid
+
+    def _process_tree(self, root: int) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat", "rb") as stat:
+                        ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry))
+        tree, todo = [root], [root]
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                tree.append(child)
+                todo.append(child)
+        return tree
+
+    def _signal_tree(self, sandbox_id: str, sig: int) -> None:
+        pid = self._box_pid(sandbox_id)
+        if pid is None:
+            return
+        for member in self._process_tree(pid):
+            try:
+                os.kill(member, sig)
+            except ProcessLookupError:
+                pass
+
+    def destroy(self, sandbox_id: str, state: dict) -> None:
+        cgroups = self.cgroups
+        if cgroups is not None and cgroups.exists(sandbox_id):
+            cgroups.kill(sandbox_id)
+            cgroups.remove(sandbox_id)
+        else:
+            self._signal_tree(sandbox_id, signal.SIGKILL)
+        box = self.box_dir(sandbox_id)
+        if os.path.ismount(box / "fs"):
+            _libc.umount2(str(box / "fs").encode(), MNT_DETACH)
+        shutil.rmtree(box, ignore_errors=True)
+
+    def pause(self, sandbox_id: str, state: dict) -> None:
+        if self.cgroups is not None and self.cgroups.exists(sandbox_id):
+            self.cgroups.freeze(sandbox_id)
+        else:
+            self._signal_tree(sandbox_id, signal.SIGSTOP)
+
+    def resume(self, sandbox_id: str, state: dict) -> None:
+        if self.cgroups is not None and self.cgroups.exists(sandbox_id):
+            self.cgroups.thaw(sandbox_id)
+        else:
+            self._signal_tree(sandbox_id, signal.SIGCONT)
+
+    def inspect(self, sandbox_id: str, state: dict) -> str:
+        cgroups = self.cgroups
+        if cgroups is not None and cgroups.exists(sandbox_id):
+            if not cgroups.pids(sandbox_id):
+                return "stopped"
+            return "paused" if cgroups.is_frozen(sandbox_id) else "active"
+        pid = self._box_pid(sandbox_id)
+        if pid is None:
+            return "stopped"
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                process_state = stat.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            return "stopped"
+        return "paused" if process_state == b"T" else "active"
+
+    def box_ids(self) -> set[str]:
+        ids = set(self.cgroups.box_ids()) if self.cgroups is not None else set()
+        try:
+            ids |= {entry.name for entry in os.scandir(self.root) if entry.is_dir()}
+        except FileNotFoundError:
+            pass
+        return ids
+
+    # ---- runs: say when the kernel's OOM killer ended one
+    def run(self, sandbox_id: str, state: dict, language: str, code: str, timeout: float, **kwargs) -> dict:
+        cgroups = self.cgroups if state.get("cgroups") else None
+        oom_before = cgroups.oom_kills(sandbox_id) if cgroups is not None else 0
+        result = super().run(sandbox_id, state, language, code, timeout, **kwargs)
+        if cgroups is not None and cgroups.oom_kills(sandbox_id) > oom_before:
+            note = "[nexus: a process was killed: the sandbox ran out of memory]\n"
+            result["stderr"] += note
+            on_stderr = kwargs.get("on_stderr")
+            if on_stderr is not None:
+                on_stderr(note)
+        return result
+

@@ -1,0 +1,215 @@
+"""The state of every sandbox, in one SQLite file shared by every process.
+
+The store is the single source of truth: the CLI, a notebook kernel and the
+Jupyter server each open the same file; nothing about a sandbox lives only
+in a process's memory.  WAL mode lets readers and one writer work at once;
+state changes are compare-and-set UPDATEs, so two processes racing to stop
+or reap the same sandbox cannot both win.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import StoreError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_SECONDS = 30.0
+
+# The 15 fields of a sandbox record, in the order the seed documents them.
+RECORD_FIELDS = (
+    "sandbox_id", "name", "user_id", "agent_id", "tenant_id", "provider", "template_id", "status",
+    "created_at", "last_active_at", "paused_at", "stopped_at", "ttl_minutes", "expires_at",
+    "uptime_seconds",
+)
+TIME_FIELDS = ("created_at", "last_active_at", "paused_at", "stopped_at", "expires_at")
+JSON_FIELDS = ("options", "provider_state")
+LIVE_STATUSES = ("creating", "active", "paused")
+
+
+def default_data_dir() -> Path:
+    """``$NEXUS_DATA_DIR``, else ``nexus/`` in the Jupyter data dir (as jupyter_core computes it on Linux)."""
+    if os.environ.get("NEXUS_DATA_DIR"):
+        return Path(os.environ["NEXUS_DATA_DIR"]).expanduser()
+    if os.environ.get("JUPYTER_DATA_DIR"):
+        return Path(os.environ["JUPYTER_DATA_DIR"]).expanduser() / "nexus"
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(xdg) / "jupyter" / "nexus"
+
+
+def iso(timestamp: float | None) -> str | None:
+    """UTC, seconds precision, no offset: the seed's format (``2025-11-03T01:03:40``)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def to_record(row: dict, now: float | None = None) -> dict:
+    """The public, seed-format dict for a stored row."""
+    now = time.time() if now is None else now
+    end = row["stopped_at"] if row["stopped_at"] is not None else now
+    record = {field: row.get(field) for field in RECORD_FIELDS}
+    for field in TIME_FIELDS:
+        record[field] = iso(row[field])
+    record["status"] = "stopped" if row["status"] == "failed" else row["status"]
+    record["uptime_seconds"] = round(max(end - row["created_at"], 0.0), 3)
+    return record
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    # sqlite-utils is imported only here: it imports numpy when numpy is
+    # installed (~250 ms), which the CLI cannot afford on every call.
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
+    sandboxes = db["sandboxes"]
+    sandboxes.create(
+        {
+            "sandbox_id": str, "name": str, "user_id": str, "agent_id": str, "tenant_id": str,
+            "provider": str, "template_id": str, "status": str,
+            "created_at": float, "last_active_at": float, "paused_at": float, "stopped_at": float,
+            "ttl_minutes": int, "expires_at": float,
+            "options": str, "provider_state": str, "stop_reason": str,
+        },
+        pk="sandbox_id",
+        not_null={"name", "user_id", "tenant_id", "provider", "status", "created_at", "ttl_minutes"},
+        if_not_exists=True,
+    )
+    sandboxes.create_index(["user_id", "status"], if_not_exists=True)
+    sandboxes.create_index(["status", "expires_at"], if_not_exists=True)
+    sandboxes.create_index(["name"], if_not_exists=True)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+class Store:
+    """Rows of sandboxes in ``<data_dir>/nexus.db``.  Safe to share between threads."""
+
+    def __init__(self, data_dir: Path | str | None = None):
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.path = self.data_dir / "nexus.db"
+        self._local = threading.local()
+        self.connection()  # fail now, with a clear message, if the file is unusable
+
+    def connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._open()
+            self._local.conn = conn
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} was written by a newer nexus-jupyter (schema {version}); upgrade nexus-jupyter"
+                    )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                        _migrate(conn)
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot use the state database {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot use the data directory {self.data_dir}: {exc.strerror}") from exc
+
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self.connection().execute(sql, tuple(params))
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"state database error ({self.path}): {exc}") from exc
+
+    @staticmethod
+    def _row(row: sqlite3.Row | None) -> dict | None:
+        if row is None:
+            return None
+        data = dict(row)
+        for field in JSON_FIELDS:
+            data[field] = json.loads(data[field]) if data.get(field) else {}
+        return data
+
+    # ---- writes
+    def insert(self, row: dict) -> None:
+        data = dict(row)
+        for field in JSON_FIELDS:
+            data[field] = json.dumps(data.get(field) or {})
+        columns = ", ".join(data)
+        marks = ", ".join("?" for _ in data)
+        self._execute(f"INSERT INTO sandboxes ({columns}) VALUES ({marks})", data.values())
+
+    def update(self, sandbox_id: str, fields: dict, expect_status: Iterable[str] | None = None) -> bool:
+        """Set ``fields``; with ``expect_status``, only if the row is in one of those states.
+
+        Returns whether the row was changed (compare-and-set).
+        """
+        data = dict(fields)
+        for field in JSON_FIELDS:
+            if field in data:
+                data[field] = json.dumps(data[field] or {})
+        assignments = ", ".join(f"{column} = ?" for column in data)
+        sql = f"UPDATE sandboxes SET {assignments} WHERE sandbox_id = ?"
+        params = [*data.values(), sandbox_id]
+        if expect_status is not None:
+            statuses = tuple(expect_status)
+            sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
+            params.extend(statuses)
+        return self._execute(sql, params).rowcount == 1
+
+    # ---- reads
+    def get(self, sandbox_id: str) -> dict | None:
+        return self._row(self._execute("SELECT * FROM sandboxes WHERE sandbox_id = ?", [sandbox_id]).fetchone())
+
+    def find_by_name(self, name: str, user_id: str | None) -> list[dict]:
+        """Live sandboxes called ``name`` (of ``user_id`` unless None), newest first."""
+        sql = f"SELECT * FROM sandboxes WHERE name = ? AND status IN {LIVE_STATUSES}"
+        params: list[Any] = [name]
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            params.append(user_id)
+        return [self._row(r) for r in self._execute(sql + " ORDER BY created_at DESC", params)]
+
+    def select(self, *, user_id: str | None = None, agent_id: str | None = None, tenant_id: str | None = None,
+               provider: str | None = None, include_stopped: bool = False) -> list[dict]:
+        clauses, params = [], []
+        for column, value in (("user_id", user_id), ("agent_id", agent_id), ("tenant_id", tenant_id),
+                              ("provider", provider)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if not include_stopped:
+            clauses.append(f"status IN {LIVE_STATUSES}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return [self._row(r) for r in self._execute(f"SELECT * FROM sandboxes {where} ORDER BY created_at", params)]
+
+    def expired(self, now: float) -> list[dict]:
+        return [self._row(r) for r in self._execute(
+            "SELECT * FROM sandboxes WHERE status = 'active' AND expires_at IS NOT NULL AND expires_at < ?", [now])]
+
+    def stale_creating(self, before: float) -> list[dict]:
+        return [self._row(r) for r in self._execute(
+            "SELECT * FROM sandboxes WHERE status = 'creating' AND created_at < ?", [before])]
+
+    def live_ids(self, provider: str) -> set[str]:
+        rows = self._execute(
+            f"SELECT sandbox_id FROM sandboxes WHERE provider = ? AND status IN {LIVE_STATUSES}", [provider])
+        return {r[0] for r in rows}
