@@ -1,0 +1,93 @@
+"""Fixtures: a fresh data dir per test, a manager on it, the providers to test, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nexus_jupyter import SandboxManager
+
+PROVIDERS = [name.strip() for name in os.environ.get("NEXUS_TEST_PROVIDERS", "local").split(",") if name.strip()]
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "data"
+    monkeypatch.setenv("NEXUS_DATA_DIR", str(path))
+    for name in ("NEXUS_USER", "NEXUS_ADMIN", "NEXUS_SANDBOX_PROVIDER"):
+        monkeypatch.delenv(name, raising=False)
+    yield path
+    # Whatever a test left running is destroyed, so no box outlives its test.
+    cleanup = SandboxManager(path, is_admin=True)
+    for record in cleanup.sandbox_list(context={}, include_stopped=False)["sandboxes"]:
+        cleanup.sandbox_stop(record["sandbox_id"])
+    cleanup.reap()
+
+
+@pytest.fixture(params=PROVIDERS)
+def provider(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def nx(data_dir, provider) -> SandboxManager:
+    return SandboxManager(data_dir, provider=provider)
+
+
+@pytest.fixture
+def sandbox(nx) -> str:
+    """A fresh sandbox's id, stopped after the test."""
+    record = nx.sandbox_create("test-sandbox", ttl_minutes=10)
+    yield record["sandbox_id"]
+    nx.sandbox_stop(record["sandbox_id"])
+
+
+class CLIResult:
+    def __init__(self, completed: subprocess.CompletedProcess):
+        self.returncode = completed.returncode
+        self.stdout = completed.stdout
+        self.stderr = completed.stderr
+
+    def json(self):
+        return json.loads(self.stdout)
+
+    def __repr__(self) -> str:
+        return f"<exit {self.returncode} stdout={self.stdout[-500:]!r} stderr={self.stderr[-500:]!r}>"
+
+
+@pytest.fixture
+def nexus(data_dir, provider):
+    """Run the real ``nexus`` command in a subprocess: ``nexus("sandbox", "list", "--json")``."""
+
+    def run(*args: str, input: str | bytes | None = None, timeout: float = 120, env: dict | None = None) -> CLIResult:
+        full_env = {**os.environ, "NEXUS_DATA_DIR": str(data_dir), "NEXUS_SANDBOX_PROVIDER": provider,
+                    **(env or {})}
+        completed = subprocess.run(
+            [sys.executable, "-m", "nexus_jupyter", *args], input=input, capture_output=True,
+            text=not isinstance(input, bytes), timeout=timeout, env=full_env)
+        if isinstance(input, bytes):
+            completed.stdout = completed.stdout.decode("utf-8", "replace")
+            completed.stderr = completed.stderr.decode("utf-8", "replace")
+        return CLIResult(completed)
+
+    return run
+
+
+def host_processes_matching(marker: str) -> list[int]:
+    """Host pids whose command line contains ``marker`` (other than this test process)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if marker.encode() in cmdline.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found

@@ -1,0 +1,165 @@
+"""Provider conformance: the Python API's behaviour, the same for every provider.
+
+Every test here runs once per provider in NEXUS_TEST_PROVIDERS (default:
+local).  A new provider is done when this file and test_isolation.py pass.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from nexus_jupyter import SandboxManager, SandboxTimeout
+
+
+def test_seed_quick_start(nx):
+    sandbox = nx.sandbox_create(name="my-python-sandbox", ttl_minutes=20)
+    sandbox_id = sandbox["sandbox_id"]
+    result = nx.sandbox_run(sandbox_id=sandbox_id, language="python",
+                            code='import sys\nprint(f"Python {sys.version}")\nprint("2 + 2 =", 2 + 2)\n', timeout=30)
+    assert result["exit_code"] == 0
+    assert result["stdout"].splitlines()[1] == "2 + 2 = 4"
+    assert result["execution_time"] > 0
+    stopped = nx.sandbox_stop(sandbox_id=sandbox_id)
+    assert stopped["status"] == "stopped"
+
+
+def test_multi_language_tasks(nx, sandbox):
+    tasks = [
+        ("javascript", "console.log(JSON.stringify({result: 42}))", '{"result":42}\n'),
+        ("python", "print(sum([1, 2, 3, 4, 5]))", "15\n"),
+        ("bash", "echo $USER && pwd", "user\n/home/user\n"),
+    ]
+    for language, code, expected in tasks:
+        result = nx.sandbox_run(sandbox_id=sandbox, language=language, code=code, timeout=30)
+        assert (result["stdout"], result["exit_code"]) == (expected, 0), result
+
+
+def test_error_handling_returns_the_traceback(nx, sandbox):
+    result = nx.sandbox_run(sandbox, "python", code="print(1/0)")
+    assert result["exit_code"] != 0
+    assert "ZeroDivisionError: division by zero" in result["stderr"]
+
+
+def test_timeout_raises_with_the_partial_output_and_the_sandbox_stays_usable(nx, sandbox):
+    with pytest.raises(SandboxTimeout, match="^Code execution exceeded 2 second timeout$") as caught:
+        nx.sandbox_run(sandbox, "python", "import time\nprint('started', flush=True)\ntime.sleep(10)", timeout=2)
+    assert caught.value.result["stdout"] == "started\n"
+    assert nx.sandbox_run(sandbox, "python", "print('usable')")["stdout"] == "usable\n"
+
+
+def test_output_streams_to_callbacks_while_the_code_runs(nx, sandbox):
+    arrivals = []
+    code = "import time\nfor i in range(3):\n    print(i)\n    time.sleep(0.4)\n"
+    started = time.monotonic()
+    result = nx.sandbox_run(sandbox, "python", code, on_stdout=lambda text: arrivals.append(time.monotonic()))
+    assert result["stdout"] == "0\n1\n2\n"
+    assert len(arrivals) >= 2
+    # the first line arrived well before the run ended: it was streamed, not buffered
+    assert arrivals[0] - started < (time.monotonic() - started) - 0.5
+
+
+def test_stderr_streams_to_its_own_callback(nx, sandbox):
+    seen = []
+    result = nx.sandbox_run(sandbox, "bash", "echo oops >&2", on_stderr=seen.append)
+    assert "".join(seen) == "oops\n" == result["stderr"]
+
+
+def test_state_on_disk_persists_between_runs_and_languages(nx, sandbox):
+    nx.sandbox_run(sandbox, "bash", "mkdir -p out && echo hello > out/greeting.txt")
+    assert nx.sandbox_run(sandbox, "python", "print(open('out/greeting.txt').read().strip())")["stdout"] == "hello\n"
+
+
+def test_files_round_trip(nx, sandbox, tmp_path):
+    payload = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    assert nx.sandbox_write_file(sandbox, "data/blob.bin", payload)["size"] == len(payload)
+    assert nx.sandbox_read_file(sandbox, "data/blob.bin") == payload
+    entries = nx.sandbox_list_files(sandbox, "data")
+    assert [(e["name"], e["type"], e["size"]) for e in entries] == [("blob.bin", "file", len(payload))]
+    nx.sandbox_write_file(sandbox, "sales.csv", "region,amount\nnorth,3\n")
+    code = "import csv\nrows = list(csv.DictReader(open('sales.csv')))\nprint(rows[0]['amount'])"
+    assert nx.sandbox_run(sandbox, "python", code)["stdout"] == "3\n"
+    local = tmp_path / "copy.bin"
+    assert nx.sandbox_download_file(sandbox, "data/blob.bin", local)["size"] == len(payload)
+    assert local.read_bytes() == payload
+    (tmp_path / "up.txt").write_text("uploaded")
+    nx.sandbox_upload_file(sandbox, tmp_path / "up.txt", "in/up.txt")
+    assert nx.sandbox_run(sandbox, "bash", "cat in/up.txt")["stdout"] == "uploaded"
+
+
+def test_one_megabyte_of_code_runs(nx, sandbox):
+    code = "data = '" + "x" * (1 << 20) + "'\nprint(len(data))\n"
+    assert nx.sandbox_run(sandbox, "python", code)["stdout"] == f"{1 << 20}\n"
+
+
+def test_code_is_never_passed_on_a_command_line(nx, sandbox):
+    from conftest import host_processes_matching
+
+    marker = "MARKER_" + str(time.time_ns())
+    thread = threading.Thread(target=nx.sandbox_run,
+                              args=(sandbox, "python", f"import time\ntime.sleep(1.5)  # {marker}"))
+    thread.start()
+    time.sleep(0.7)
+    try:
+        assert host_processes_matching(marker) == []
+    finally:
+        thread.join()
+
+
+def test_pause_freezes_running_code_and_resume_thaws_it(nx, sandbox):
+    code = "import time\nfor i in range(8):\n    print(time.time(), flush=True)\n    time.sleep(0.25)\n"
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(nx.sandbox_run(sandbox, "python", code, timeout=60)))
+    runner.start()
+    time.sleep(0.6)
+    nx.sandbox_pause(sandbox)
+    time.sleep(2.0)
+    nx.sandbox_resume(sandbox)
+    runner.join(30)
+    stamps = [float(line) for line in outcome["stdout"].split()]
+    assert len(stamps) == 8
+    gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
+    assert max(gaps) >= 1.8  # nothing ran while it was paused
+
+
+def test_pause_keeps_files_and_stops_the_ttl(nx, sandbox):
+    nx.sandbox_run(sandbox, "bash", "echo kept > state.txt")
+    paused = nx.sandbox_pause(sandbox)
+    assert paused["status"] == "paused" and paused["expires_at"] is None and paused["paused_at"]
+    assert nx.sandbox_list(verify_status=True)["sandboxes"][0]["provider_status"] == "paused"
+    resumed = nx.sandbox_resume(sandbox)
+    assert resumed["status"] == "active" and resumed["expires_at"] and resumed["paused_at"] is None
+    assert nx.sandbox_run(sandbox, "bash", "cat state.txt")["stdout"] == "kept\n"
+
+
+def test_stop_destroys_everything_and_is_final(nx):
+    record = nx.sandbox_create("short-lived")
+    sandbox = record["sandbox_id"]
+    nx.sandbox_run(sandbox, "bash", "echo x > f")
+    nx.sandbox_stop(sandbox)
+    backend = nx.provider(record["provider"])
+    assert backend.inspect(sandbox, {}) == "stopped"
+    assert sandbox not in backend.box_ids()
+    status = nx.sandbox_status(sandbox)
+    assert status["status"] == "stopped" and status["stopped_at"] and status["expires_at"] is None
+
+
+def test_any_process_can_operate_a_sandbox_another_created(nx, data_dir, provider, nexus):
+    sandbox = nexus("sandbox", "create", "from-cli", "--json").json()["sandbox_id"]
+    # a different manager (as a notebook kernel or a server would be) sees and drives it
+    other = SandboxManager(data_dir, provider=provider)
+    assert other.sandbox_run(sandbox, "python", "print('from another process')")["stdout"] == "from another process\n"
+    other.sandbox_pause(sandbox)
+    assert nexus("sandbox", "status", sandbox, "--json").json()["status"] == "paused"
+    assert nexus("sandbox", "resume", sandbox, "--json").json()["status"] == "active"
+    nx.sandbox_stop(sandbox)
+
+
+def test_list_verify_notices_a_box_that_vanished(nx, sandbox):
+    backend = nx.provider(nx.sandbox_status(sandbox)["provider"])
+    backend.destroy(sandbox, nx.store.get(sandbox)["provider_state"])  # killed behind our back
+    [entry] = nx.sandbox_list(verify_status=True)["sandboxes"]
+    assert (entry["verified"], entry["provider_status"]) == (True, "stopped")
+    assert nx.sandbox_status(sandbox)["status"] == "stopped"  # and the row was fixed

@@ -1,0 +1,254 @@
+"""Attacks on a sandbox: each test tries what untrusted code must not be able to do.
+
+Runs once per provider in NEXUS_TEST_PROVIDERS, like test_conformance.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import host_processes_matching
+from nexus_jupyter import SandboxTimeout
+
+
+def run(nx, sandbox, code, language="python", timeout=30):
+    return nx.sandbox_run(sandbox, language, code, timeout=timeout)
+
+
+def test_host_files_are_not_readable(nx, sandbox, data_dir):
+    secret = data_dir.parent / "host-secret.txt"
+    secret.write_text("top secret")
+    code = f"""
+import os
+for path in [{str(secret)!r}, {str(data_dir / 'nexus.db')!r}, '/etc/shadow', '/root/.bashrc',
+             '/root/.ssh', {os.path.expanduser('~')!r} + '/.bash_history', '/work', '/home/user/../../etc/shadow']:
+    try:
+        open(path).read()
+        print('READ', path)
+    except OSError as exc:
+        print('denied', path, type(exc).__name__)
+print(sorted(os.listdir('/home')))
+"""
+    result = run(nx, sandbox, code)
+    assert "READ" not in result["stdout"], result
+    assert result["stdout"].count("denied") == 8
+    assert result["stdout"].splitlines()[-1] == "['user']"
+
+
+def test_writes_land_only_in_the_sandbox(nx, sandbox):
+    code = """
+for path in ['/usr/evil', '/etc/evil', '/evil', '/opt/nexus/agent.py', '/root/evil']:
+    try:
+        open(path, 'w').write('x')
+        print('WROTE', path)
+    except OSError as exc:
+        print('denied', path)
+open('/home/user/fine.txt', 'w').write('ok')
+open('/tmp/fine.txt', 'w').write('ok')
+print('home and tmp writable')
+"""
+    result = run(nx, sandbox, code)
+    assert "WROTE" not in result["stdout"], result
+    assert result["stdout"].count("denied") == 5
+    assert "home and tmp writable" in result["stdout"]
+
+
+def test_no_network_by_default(nx, sandbox):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    try:
+        code = f"""
+import socket
+for host, port in [('127.0.0.1', {port}), ('1.1.1.1', 80), ('8.8.8.8', 53)]:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        print('CONNECTED', host)
+    except OSError as exc:
+        print('blocked', host)
+"""
+        result = run(nx, sandbox, code)
+        assert "CONNECTED" not in result["stdout"], result
+        assert result["stdout"].count("blocked") == 3
+    finally:
+        listener.close()
+
+
+def test_allow_internet_access_opts_in_to_the_network(nx):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    record = nx.sandbox_create("online", allow_internet_access=True)
+    try:
+        if record["provider"] != "local":
+            pytest.skip("reaching the host's loopback is specific to the local provider's shared network")
+        code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5).close()\nprint('connected')"
+        assert run(nx, record["sandbox_id"], code)["stdout"] == "connected\n"
+    finally:
+        listener.close()
+        nx.sandbox_stop(record["sandbox_id"])
+
+
+def test_host_processes_are_invisible(nx, sandbox):
+    code = f"""
+import os
+pids = [int(p) for p in os.listdir('/proc') if p.isdigit()]
+print(len(pids) < 20)
+try:
+    os.kill({os.getpid()}, 0)
+    print('HOST PID VISIBLE')
+except ProcessLookupError:
+    print('host pid invisible')
+"""
+    result = run(nx, sandbox, code)
+    assert result["stdout"] == "True\nhost pid invisible\n", result
+
+
+def test_code_runs_unprivileged_and_cannot_regain_privileges(nx, sandbox):
+    code = """
+import os, subprocess
+print(os.getuid())
+caps = [l for l in open('/proc/self/status') if l.startswith('CapEff')][0].split()[1]
+print(int(caps, 16))
+for cmd in (['unshare', '-U', 'true'], ['mount', '-t', 'tmpfs', 'x', '/tmp']):
+    print(subprocess.run(cmd, capture_output=True).returncode != 0)
+"""
+    assert run(nx, sandbox, code)["stdout"] == "1000\n0\nTrue\nTrue\n"
+
+
+def test_timeout_kills_the_whole_process_tree(nx, sandbox):
+    marker = f"nexus_orphan_{time.time_ns()}"
+    # exec -a tags each process's command line so the host can look for it
+    code = f"""
+bash -c 'exec -a {marker}-child sleep 1000' &
+setsid bash -c 'exec -a {marker}-setsid sleep 1000' &
+( bash -c 'exec -a {marker}-double-fork sleep 1000' & ) &
+echo started
+sleep 1000
+"""
+    with pytest.raises(SandboxTimeout):
+        run(nx, sandbox, code, language="bash", timeout=2)
+    time.sleep(0.2)
+    assert host_processes_matching(marker) == []
+    assert run(nx, sandbox, "print('ok')")["stdout"] == "ok\n"
+
+
+def test_background_processes_do_not_outlive_their_run(nx, sandbox):
+    marker = f"nexus_bg_{time.time_ns()}"
+    result = run(nx, sandbox, f"bash -c 'exec -a {marker} sleep 1000' &\necho done", language="bash")
+    assert result["stdout"] == "done\n"
+    time.sleep(0.2)
+    assert host_processes_matching(marker) == []
+
+
+@pytest.mark.slow
+def test_memory_bomb_ends_cleanly(nx, sandbox):
+    code = "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 1024 * 1024))\n"
+    result = run(nx, sandbox, code, timeout=60)
+    assert result["exit_code"] != 0
+    assert "out of memory" in result["stderr"] or "MemoryError" in result["stderr"], result
+    assert run(nx, sandbox, "print('survived')")["stdout"] == "survived\n"
+
+
+@pytest.mark.slow
+def test_fork_bomb_ends_cleanly(nx, sandbox):
+    with pytest.raises(SandboxTimeout):
+        run(nx, sandbox, ":(){ :|:& };:\nsleep 30", language="bash", timeout=5)
+    result = run(nx, sandbox, "import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]) < 20)")
+    assert result["stdout"] == "True\n"
+    # and the host can still start processes
+    assert os.system("true") == 0
+
+
+def test_process_count_is_limited(nx, sandbox):
+    code = """
+import subprocess
+procs = []
+try:
+    for _ in range(400):
+        procs.append(subprocess.Popen(['sleep', '30']))
+    print('started all', len(procs))
+except (OSError, BlockingIOError) as exc:
+    print('limited at', len(procs))
+for p in procs:
+    p.kill()
+"""
+    result = run(nx, sandbox, code, timeout=60)
+    assert result["stdout"].startswith("limited at"), result
+    assert int(result["stdout"].split()[-1]) <= 256
+
+
+@pytest.mark.slow
+def test_output_flood_is_capped_with_a_visible_marker(nx, sandbox):
+    code = "import sys\nchunk = 'y' * 65536\nfor _ in range(200 * 16):\n    sys.stdout.write(chunk)\n"
+    result = run(nx, sandbox, code, timeout=120)
+    assert result["exit_code"] == 0
+    assert len(result["stdout"]) < (1 << 20) + 500
+    assert "[nexus: stdout truncated" in result["stdout"]
+    assert run(nx, sandbox, "print('ok')")["stdout"] == "ok\n"
+
+
+def test_disk_fill_is_bounded(nx):
+    record = nx.sandbox_create("disk", disk_mb=32)
+    sandbox = record["sandbox_id"]
+    try:
+        result = run(nx, sandbox, "head -c 100M /dev/zero > big; echo rc=$?; du -m big | cut -f1", language="bash")
+        assert "rc=1" in result["stdout"], result
+        assert int(result["stdout"].split()[-1]) <= 32
+        assert "No space left" in result["stderr"] or "File too large" in result["stderr"]
+        assert run(nx, sandbox, "rm big && echo ok > small && cat small", language="bash")["stdout"] == "ok\n"
+    finally:
+        nx.sandbox_stop(sandbox)
+
+
+def test_cpu_is_limited_to_the_sandbox_share(nx):
+    record = nx.sandbox_create("cpu", cpus=0.5)
+    sandbox = record["sandbox_id"]
+    code = """
+import os, time, multiprocessing
+def spin(seconds):
+    end = time.time() + seconds
+    while time.time() < end:
+        pass
+start = time.time()
+procs = [multiprocessing.Process(target=spin, args=(1.5,)) for _ in range(2)]
+[p.start() for p in procs]
+[p.join() for p in procs]
+print(os.times().children_user + os.times().children_system, time.time() - start)
+"""
+    try:
+        cpu, wall = map(float, run(nx, sandbox, code, timeout=60)["stdout"].split())
+        # two spinning processes get half a core between them, not two cores
+        assert cpu < 0.75 * wall, (cpu, wall)
+    finally:
+        nx.sandbox_stop(sandbox)
+
+
+def test_cpu_spin_ends_at_the_timeout(nx, sandbox):
+    started = time.monotonic()
+    with pytest.raises(SandboxTimeout, match="exceeded 2 second"):
+        run(nx, sandbox, "while True:\n    pass\n", timeout=2)
+    assert time.monotonic() - started < 20
+    assert run(nx, sandbox, "print('ok')")["stdout"] == "ok\n"
+
+
+def test_concurrent_runs_do_not_kill_each_other(nx, sandbox):
+    outcome = {}
+
+    def long_run():
+        outcome["long"] = run(nx, sandbox, "import time\ntime.sleep(2)\nprint('long done')")
+
+    thread = threading.Thread(target=long_run)
+    thread.start()
+    time.sleep(0.3)
+    with pytest.raises(SandboxTimeout):
+        run(nx, sandbox, "import time\ntime.sleep(10)", timeout=1)
+    thread.join()
+    assert outcome["long"]["stdout"] == "long done\n"
