@@ -1,0 +1,126 @@
+"""Benchmark of the local provider, with baselines measured in the same run.
+
+    python benchmarks/bench_local.py [--repeat 20]
+
+Prints medians (milliseconds) for: create, first run of print(2+2), warm
+run, stop, and the ``nexus sandbox list`` CLI with 1,000 rows in the store;
+beside each, a baseline: a plain subprocess, a bare bubblewrap box, a bare
+Python start.  Not a test: nothing fails on a slow machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nexus_jupyter import SandboxManager  # noqa: E402
+from nexus_jupyter.store import Store  # noqa: E402
+
+TARGETS_MS = {"create": 30, "first run": None, "warm run": 60, "stop": 30, "CLI list (1,000 rows)": 300}
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def nexus_command() -> list[str]:
+    # The console script itself, not a version manager's shim in front of it.
+    script = Path(sysconfig.get_path("scripts")) / "nexus"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "nexus_jupyter"]
+
+
+def bare_bwrap_python() -> list[str]:
+    bwrap = shutil.which("bwrap")
+    prefix = sys.base_prefix
+    args = [bwrap, "--unshare-all", "--cap-drop", "ALL", "--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "lib", "lib64", "sbin"):
+        path = Path("/") / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+    if not prefix.startswith("/usr"):
+        args += ["--ro-bind", prefix, prefix]
+    return args + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", sys.executable, "-c", "print(2+2)"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    n = args.repeat
+
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-") as tmp:
+        nx = SandboxManager(Path(tmp) / "data", provider="local")
+        creates, firsts, stops = [], [], []
+        for _ in range(n):
+            box = {}
+            creates.append(timed(lambda: box.update(nx.sandbox_create("bench"))))
+            firsts.append(timed(lambda: nx.sandbox_run(box["sandbox_id"], "python", "print(2+2)")))
+            stops.append(timed(lambda: nx.sandbox_stop(box["sandbox_id"])))
+        sandbox = nx.sandbox_create("warm")["sandbox_id"]
+        nx.sandbox_run(sandbox, "python", "print(2+2)")
+        warm = [timed(lambda: nx.sandbox_run(sandbox, "python", "print(2+2)")) for _ in range(n)]
+        warm_bash = [timed(lambda: nx.sandbox_run(sandbox, "bash", "echo 4")) for _ in range(n)]
+        nx.sandbox_stop(sandbox)
+
+        subprocess_python = [timed(lambda: subprocess.run([sys.executable, "-c", "print(2+2)"], capture_output=True))
+                             for _ in range(n)]
+        subprocess_bash = [timed(lambda: subprocess.run(["bash", "-c", "echo 4"], capture_output=True))
+                           for _ in range(n)]
+        bwrap_python = [timed(lambda: subprocess.run(bare_bwrap_python(), capture_output=True)) for _ in range(n)]
+
+        # 1,000 rows for the CLI listing: a store of its own, rows as a create writes them.
+        list_dir = Path(tmp) / "list-data"
+        store = Store(list_dir)
+        now = time.time()
+        conn = store.connection()
+        conn.execute("BEGIN")
+        for i in range(1000):
+            store.insert({"sandbox_id": f"sb_bench{i:06d}", "name": f"box-{i}", "user_id": "bench",
+                          "tenant_id": "default", "provider": "local", "status": "active", "created_at": now,
+                          "last_active_at": now, "ttl_minutes": 60, "expires_at": now + 3600})
+        conn.execute("COMMIT")
+        env = {**os.environ, "NEXUS_DATA_DIR": str(list_dir), "NEXUS_USER": "bench"}
+        command = nexus_command()
+        listing = subprocess.run([*command, "sandbox", "list", "--json"], capture_output=True, env=env)
+        assert listing.stdout.count(b'"sandbox_id"') == 1000, listing.stderr
+        cli_list = [timed(lambda: subprocess.run([*command, "sandbox", "list"], capture_output=True, env=env))
+                    for _ in range(n)]
+        cli_list_json = [timed(lambda: subprocess.run([*command, "sandbox", "list", "--json"], capture_output=True,
+                                                      env=env)) for _ in range(n)]
+        python_start = [timed(lambda: subprocess.run([sys.executable, "-c", "pass"], capture_output=True))
+                        for _ in range(n)]
+
+    rows = [
+        ("create", creates, "-", None),
+        ("first run of print(2+2)", firsts, "bare bwrap box + python", bwrap_python),
+        ("warm run: python print(2+2)", warm, "plain subprocess python", subprocess_python),
+        ("warm run: bash echo", warm_bash, "plain subprocess bash", subprocess_bash),
+        ("stop", stops, "-", None),
+        ("CLI list, 1,000 rows (table)", cli_list, "python -c pass", python_start),
+        ("CLI list, 1,000 rows (--json)", cli_list_json, "python -c pass", python_start),
+    ]
+    print(f"local provider, medians of {n} (ms), {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(f"{'operation':<32}{'nexus':>9}   {'baseline':<26}{'baseline':>9}")
+    for name, samples, baseline_name, baseline in rows:
+        base = f"{median(baseline):9.1f}" if baseline else f"{'-':>9}"
+        print(f"{name:<32}{median(samples):9.1f}   {baseline_name:<26}{base}")
+
+
+if __name__ == "__main__":
+    main()
