@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nexus_jupyter import SandboxManager  # noqa: E402
-from nexus_jupyter.store import Store  # noqa: E402
+from nexus_jupyter import SandboxManager
+from nexus_jupyter.store import Store
 
 TARGETS_MS = {"create": 30, "first run": None, "warm run": 60, "stop": 30, "CLI list (1,000 rows)": 300}
 
@@ -55,7 +55,7 @@ def bare_bwrap_python() -> list[str]:
             args += ["--symlink", os.readlink(path), str(path)]
     if not prefix.startswith("/usr"):
         args += ["--ro-bind", prefix, prefix]
-    return args + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", sys.executable, "-c", "print(2+2)"]
+    return [*args, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", sys.executable, "-c", "print(2+2)"]
 
 
 def main() -> None:
@@ -68,20 +68,22 @@ def main() -> None:
         nx = SandboxManager(Path(tmp) / "data", provider="local")
         creates, firsts, stops = [], [], []
         for _ in range(n):
-            box = {}
-            creates.append(timed(lambda: box.update(nx.sandbox_create("bench"))))
-            firsts.append(timed(lambda: nx.sandbox_run(box["sandbox_id"], "python", "print(2+2)")))
-            stops.append(timed(lambda: nx.sandbox_stop(box["sandbox_id"])))
+            box: dict = {}
+            creates.append(timed(lambda box=box: box.update(nx.sandbox_create("bench"))))
+            firsts.append(timed(lambda box=box: nx.sandbox_run(box["sandbox_id"], "python", "print(2+2)")))
+            stops.append(timed(lambda box=box: nx.sandbox_stop(box["sandbox_id"])))
         sandbox = nx.sandbox_create("warm")["sandbox_id"]
         nx.sandbox_run(sandbox, "python", "print(2+2)")
         warm = [timed(lambda: nx.sandbox_run(sandbox, "python", "print(2+2)")) for _ in range(n)]
         warm_bash = [timed(lambda: nx.sandbox_run(sandbox, "bash", "echo 4")) for _ in range(n)]
         nx.sandbox_stop(sandbox)
 
-        subprocess_python = [timed(lambda: subprocess.run([sys.executable, "-c", "print(2+2)"], capture_output=True))
-                             for _ in range(n)]
-        subprocess_bash = [timed(lambda: subprocess.run(["bash", "-c", "echo 4"], capture_output=True))
-                           for _ in range(n)]
+        subprocess_python = [
+            timed(lambda: subprocess.run([sys.executable, "-c", "print(2+2)"], capture_output=True)) for _ in range(n)
+        ]
+        subprocess_bash = [
+            timed(lambda: subprocess.run(["bash", "-c", "echo 4"], capture_output=True)) for _ in range(n)
+        ]
         bwrap_python = [timed(lambda: subprocess.run(bare_bwrap_python(), capture_output=True)) for _ in range(n)]
 
         # 1,000 rows for the CLI listing: a store of its own, rows as a create writes them.
@@ -91,20 +93,35 @@ def main() -> None:
         conn = store.connection()
         conn.execute("BEGIN")
         for i in range(1000):
-            store.insert({"sandbox_id": f"sb_bench{i:06d}", "name": f"box-{i}", "user_id": "bench",
-                          "tenant_id": "default", "provider": "local", "status": "active", "created_at": now,
-                          "last_active_at": now, "ttl_minutes": 60, "expires_at": now + 3600})
+            store.insert(
+                {
+                    "sandbox_id": f"sb_bench{i:06d}",
+                    "name": f"box-{i}",
+                    "user_id": "bench",
+                    "tenant_id": "default",
+                    "provider": "local",
+                    "status": "active",
+                    "created_at": now,
+                    "last_active_at": now,
+                    "ttl_minutes": 60,
+                    "expires_at": now + 3600,
+                }
+            )
         conn.execute("COMMIT")
         env = {**os.environ, "NEXUS_DATA_DIR": str(list_dir), "NEXUS_USER": "bench"}
         command = nexus_command()
         listing = subprocess.run([*command, "sandbox", "list", "--json"], capture_output=True, env=env)
         assert listing.stdout.count(b'"sandbox_id"') == 1000, listing.stderr
-        cli_list = [timed(lambda: subprocess.run([*command, "sandbox", "list"], capture_output=True, env=env))
-                    for _ in range(n)]
-        cli_list_json = [timed(lambda: subprocess.run([*command, "sandbox", "list", "--json"], capture_output=True,
-                                                      env=env)) for _ in range(n)]
-        python_start = [timed(lambda: subprocess.run([sys.executable, "-c", "pass"], capture_output=True))
-                        for _ in range(n)]
+        cli_list = [
+            timed(lambda: subprocess.run([*command, "sandbox", "list"], capture_output=True, env=env)) for _ in range(n)
+        ]
+        cli_list_json = [
+            timed(lambda: subprocess.run([*command, "sandbox", "list", "--json"], capture_output=True, env=env))
+            for _ in range(n)
+        ]
+        python_start = [
+            timed(lambda: subprocess.run([sys.executable, "-c", "pass"], capture_output=True)) for _ in range(n)
+        ]
 
     rows = [
         ("create", creates, "-", None),

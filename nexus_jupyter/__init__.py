@@ -15,6 +15,15 @@ from .manager import SandboxManager
 
 __version__ = "0.1.0"
 __all__ = [
-    "InvalidArgument", "PermissionDenied", "ProviderNotSupported", "ProviderUnavailable", "SandboxError",
-    "SandboxManager", "SandboxNotFound", "SandboxStateError", "SandboxTimeout", "StoreError", "__version__",
+    "InvalidArgument",
+    "PermissionDenied",
+    "ProviderNotSupported",
+    "ProviderUnavailable",
+    "SandboxError",
+    "SandboxManager",
+    "SandboxNotFound",
+    "SandboxStateError",
+    "SandboxTimeout",
+    "StoreError",
+    "__version__",
 ]

@@ -134,8 +134,13 @@ class Connection:
         env = dict(self.config.env)
         env.update(request.get("env") or {})
         try:
-            Run(self, [self.config.interpreters[language], path], env, float(request.get("timeout", 30)),
-                int(request.get("max_output_chars", 1 << 20))).execute()
+            Run(
+                self,
+                [self.config.interpreters[language], path],
+                env,
+                float(request.get("timeout", 30)),
+                int(request.get("max_output_chars", 1 << 20)),
+            ).execute()
         finally:
             try:
                 os.unlink(path)
@@ -198,8 +203,15 @@ class Connection:
                     kind = "dir"
                 else:
                     kind = "file"
-                entries.append({"name": entry.name, "path": os.path.join(path, entry.name), "type": kind,
-                                "size": info.st_size, "modified": info.st_mtime})
+                entries.append(
+                    {
+                        "name": entry.name,
+                        "path": os.path.join(path, entry.name),
+                        "type": kind,
+                        "size": info.st_size,
+                        "modified": info.st_mtime,
+                    }
+                )
         entries.sort(key=lambda item: item["name"])
         self.send({"ev": "end", "path": path, "entries": entries})
 
@@ -235,7 +247,10 @@ class OutputStream:
         if not self.dropped:
             return ""
         return "\n[nexus: %s truncated: %d characters over the %d-character limit were dropped]\n" % (
-            self.name, self.dropped, self.limit)
+            self.name,
+            self.dropped,
+            self.limit,
+        )
 
 
 class Run:
@@ -269,7 +284,7 @@ class Run:
             os.chdir(self.workdir)
             _apply_limits(self.limits, self.timeout)
             os.execvpe(self.argv[0], self.argv, self.env)
-        except BaseException as exc:  # noqa: BLE001 - report any failure to start
+        except BaseException as exc:
             os.write(2, ("nexus: cannot start %s: %s\n" % (self.argv[0], exc)).encode())
         finally:
             os._exit(127)
@@ -331,7 +346,7 @@ class Run:
                 os.set_blocking(fd, True)
                 while self._pump(fd):
                     pass
-        for fd in list(self.streams) + [wake_r, wake_w]:
+        for fd in [*self.streams, wake_r, wake_w]:
             os.close(fd)
         if outcome == "cancelled":
             return
@@ -341,11 +356,15 @@ class Run:
             marker = stream.marker()
             if marker:
                 self.connection.send({"ev": stream.name, "data": marker})
-        self.connection.send({
-            "ev": "end", "exit_code": exit_code, "execution_time": round(ended - started, 4),
-            "timed_out": outcome == "timeout",
-            "truncated": any(stream.dropped for stream in self.streams.values()),
-        })
+        self.connection.send(
+            {
+                "ev": "end",
+                "exit_code": exit_code,
+                "execution_time": round(ended - started, 4),
+                "timed_out": outcome == "timeout",
+                "truncated": any(stream.dropped for stream in self.streams.values()),
+            }
+        )
 
     def _pump(self, fd):
         """Forward what the pipe holds; False at end of file."""

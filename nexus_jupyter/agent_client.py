@@ -7,8 +7,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .errors import SandboxError
 
@@ -23,8 +23,9 @@ class AgentUnreachable(SandboxError):
 class AgentClient:
     """Sends requests to one box's agent.  Holds no state between requests."""
 
-    def __init__(self, socket_path: Path, is_alive: Callable[[], bool] | None = None,
-                 explain: Callable[[], str] | None = None):
+    def __init__(
+        self, socket_path: Path, is_alive: Callable[[], bool] | None = None, explain: Callable[[], str] | None = None
+    ):
         self.socket_path = Path(socket_path)
         self.is_alive = is_alive
         self.explain = explain
@@ -61,8 +62,9 @@ class AgentClient:
         finally:
             os.close(dir_fd)
 
-    def _events(self, request: dict, wait: float = 15.0, timeout: float | None = None,
-                body: Iterator[dict] | None = None) -> Iterator[dict]:
+    def _events(
+        self, request: dict, wait: float = 15.0, timeout: float | None = None, body: Iterator[dict] | None = None
+    ) -> Iterator[dict]:
         sock = self._connect(wait)
         try:
             sock.settimeout(timeout)
@@ -81,16 +83,15 @@ class AgentClient:
                 yield event
                 if event["ev"] == "end":
                     return
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise AgentUnreachable("the sandbox's agent stopped answering") from exc
         finally:
             sock.close()
 
     def _single(self, request: dict, **kwargs) -> dict:
-        event = {}
-        for event in self._events(request, **kwargs):
-            pass
-        return event
+        """The final event of a request whose other events carry nothing."""
+        events = list(self._events(request, **kwargs))
+        return events[-1] if events else {}
 
     # ---- operations
     def ping(self, wait: float = 15.0) -> dict:
@@ -102,12 +103,26 @@ class AgentClient:
             request["idle_timeout"] = idle_timeout
         self._single(request, timeout=5)
 
-    def run(self, language: str, code: str, timeout: float, *, env: dict | None = None,
-            max_output_chars: int = 1 << 20, on_stdout: OutputCallback | None = None,
-            on_stderr: OutputCallback | None = None) -> dict:
+    def run(
+        self,
+        language: str,
+        code: str,
+        timeout: float,
+        *,
+        env: dict | None = None,
+        max_output_chars: int = 1 << 20,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> dict:
         """Run code; returns the ``end`` event with stdout/stderr collected into it."""
-        request = {"op": "run", "language": language, "code": code, "timeout": timeout,
-                   "env": env or {}, "max_output_chars": max_output_chars}
+        request = {
+            "op": "run",
+            "language": language,
+            "code": code,
+            "timeout": timeout,
+            "env": env or {},
+            "max_output_chars": max_output_chars,
+        }
         collected = {"stdout": [], "stderr": []}
         callbacks = {"stdout": on_stdout, "stderr": on_stderr}
         end: dict = {}
@@ -127,11 +142,12 @@ class AgentClient:
 
     def write_file(self, path: str, source) -> dict:
         """Write ``source`` (bytes or a binary file object) to ``path`` inside the box."""
+
         def chunks():
             if isinstance(source, (bytes, bytearray, memoryview)):
                 data = bytes(source)
                 for start in range(0, len(data), FILE_CHUNK):
-                    yield {"chunk": base64.b64encode(data[start:start + FILE_CHUNK]).decode()}
+                    yield {"chunk": base64.b64encode(data[start : start + FILE_CHUNK]).decode()}
             else:
                 while True:
                     block = source.read(FILE_CHUNK)
@@ -153,4 +169,3 @@ class AgentClient:
 
     def remove_file(self, path: str) -> dict:
         return self._single({"op": "files.remove", "path": path}, timeout=30)
-

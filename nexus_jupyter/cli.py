@@ -58,9 +58,14 @@ def _print_record(record: dict, headline: str | None = None) -> None:
     if headline:
         click.echo(headline)
     rows = [
-        ("Name", record["name"]), ("Status", record["status"]), ("Provider", record["provider"]),
-        ("User", record["user_id"]), ("Agent", record["agent_id"] or "-"), ("Tenant", record["tenant_id"]),
-        ("Template", record["template_id"] or "-"), ("Created", record["created_at"] + " UTC"),
+        ("Name", record["name"]),
+        ("Status", record["status"]),
+        ("Provider", record["provider"]),
+        ("User", record["user_id"]),
+        ("Agent", record["agent_id"] or "-"),
+        ("Tenant", record["tenant_id"]),
+        ("Template", record["template_id"] or "-"),
+        ("Created", record["created_at"] + " UTC"),
         ("Last active", (record["last_active_at"] or "-") + " UTC"),
         ("TTL", f"{record['ttl_minutes']} min idle"),
         ("Expires", f"{record['expires_at']} UTC ({_expires_in(record)})" if record["expires_at"] else "-"),
@@ -108,9 +113,18 @@ def create(name, ttl, template, provider, agent_id, tenant_id, allow_internet, m
             raise InvalidArgument(f"--env takes KEY=VALUE, got {item!r}")
         variables[key] = value
     nx = _manager()
-    record = nx.sandbox_create(name, ttl_minutes=ttl, template_id=template, provider=provider, agent_id=agent_id,
-                               tenant_id=tenant_id, allow_internet_access=allow_internet, memory_mb=memory_mb,
-                               cpus=cpus, env=variables)
+    record = nx.sandbox_create(
+        name,
+        ttl_minutes=ttl,
+        template_id=template,
+        provider=provider,
+        agent_id=agent_id,
+        tenant_id=tenant_id,
+        allow_internet_access=allow_internet,
+        memory_mb=memory_mb,
+        cpus=cpus,
+        env=variables,
+    )
     for notice in nx.provider(record["provider"]).notices():
         click.echo(f"Warning: {notice}", err=True)
     if as_json:
@@ -179,8 +193,14 @@ def _table(records: list[dict], verify: bool) -> None:
         headers.append("VERIFIED")
     rows = []
     for record in records:
-        row = [record["sandbox_id"], record["name"], record["status"], record["provider"],
-               _duration(record["uptime_seconds"]), _expires_in(record)]
+        row = [
+            record["sandbox_id"],
+            record["name"],
+            record["status"],
+            record["provider"],
+            _duration(record["uptime_seconds"]),
+            _expires_in(record),
+        ]
         if verify:
             seen = record.get("provider_status") or "unknown"
             row.append(seen if record.get("verified") else f"no ({seen})")
@@ -197,8 +217,11 @@ def _table(records: list[dict], verify: bool) -> None:
 @json_option
 def list_(user_id, agent_id, tenant_id, verify, include_stopped, as_json):
     """List sandboxes (the current user's live ones by default)."""
-    context = {key: value for key, value in (("user", user_id), ("agent_id", agent_id),
-                                             ("tenant_id", tenant_id)) if value is not None}
+    context = {
+        key: value
+        for key, value in (("user", user_id), ("agent_id", agent_id), ("tenant_id", tenant_id))
+        if value is not None
+    }
     result = _manager().sandbox_list(context=context or None, verify_status=verify, include_stopped=include_stopped)
     if as_json:
         _print_json(result)
@@ -223,13 +246,17 @@ def _lifecycle_command(verb: str, method: str, headline: str):
 
 
 sandbox.command("status", help="Get status and metadata of a sandbox.")(
-    _lifecycle_command("status", "sandbox_status", "Sandbox {sandbox_id}"))
+    _lifecycle_command("status", "sandbox_status", "Sandbox {sandbox_id}")
+)
 sandbox.command("pause", help="Pause a sandbox: freeze its processes, keep its state.")(
-    _lifecycle_command("pause", "sandbox_pause", "Paused sandbox: {sandbox_id}"))
+    _lifecycle_command("pause", "sandbox_pause", "Paused sandbox: {sandbox_id}")
+)
 sandbox.command("resume", help="Resume a paused sandbox.")(
-    _lifecycle_command("resume", "sandbox_resume", "Resumed sandbox: {sandbox_id}"))
+    _lifecycle_command("resume", "sandbox_resume", "Resumed sandbox: {sandbox_id}")
+)
 sandbox.command("stop", help="Stop and destroy a sandbox and all its data.")(
-    _lifecycle_command("stop", "sandbox_stop", "Stopped sandbox: {sandbox_id}"))
+    _lifecycle_command("stop", "sandbox_stop", "Stopped sandbox: {sandbox_id}")
+)
 
 
 @sandbox.command()
@@ -307,7 +334,7 @@ def cli(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 141
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: still one line
+    except Exception as exc:
         if os.environ.get("NEXUS_DEBUG"):
             raise
         click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (set NEXUS_DEBUG=1 for details)", err=True)

@@ -13,8 +13,9 @@ import os
 import secrets
 import string
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from .agent_client import AgentUnreachable
 from .errors import (
@@ -30,8 +31,15 @@ from .providers.base import BoxSpec, Provider, provider_class
 from .store import LIVE_STATUSES, Store, to_record
 
 LANGUAGES = ("python", "javascript", "bash")
-LANGUAGE_ALIASES = {"py": "python", "python3": "python", "js": "javascript", "node": "javascript",
-                    "nodejs": "javascript", "sh": "bash", "shell": "bash"}
+LANGUAGE_ALIASES = {
+    "py": "python",
+    "python3": "python",
+    "js": "javascript",
+    "node": "javascript",
+    "nodejs": "javascript",
+    "sh": "bash",
+    "shell": "bash",
+}
 DEFAULT_TTL_MINUTES = 10
 MAX_TTL_MINUTES = 7 * 24 * 60
 DEFAULT_TIMEOUT_SECONDS = 30
@@ -108,8 +116,14 @@ class SandboxManager:
     to ``$NEXUS_USER`` (else the OS user); ``is_admin`` to ``$NEXUS_ADMIN``.
     """
 
-    def __init__(self, data_dir: str | Path | None = None, *, provider: str | None = None,
-                 user_id: str | None = None, is_admin: bool | None = None):
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        provider: str | None = None,
+        user_id: str | None = None,
+        is_admin: bool | None = None,
+    ):
         self.store = Store(data_dir)
         self.data_dir = self.store.data_dir
         self.default_provider = provider or os.environ.get("NEXUS_SANDBOX_PROVIDER") or "local"
@@ -166,15 +180,29 @@ class SandboxManager:
 
     def _touch(self, row: dict, extra_seconds: float = 0.0) -> None:
         now = time.time()
-        self.store.update(row["sandbox_id"],
-                          {"last_active_at": now, "expires_at": now + row["ttl_minutes"] * 60 + extra_seconds},
-                          expect_status=("active",))
+        self.store.update(
+            row["sandbox_id"],
+            {"last_active_at": now, "expires_at": now + row["ttl_minutes"] * 60 + extra_seconds},
+            expect_status=("active",),
+        )
 
     # ---- create
-    def sandbox_create(self, name: str, ttl_minutes: int = DEFAULT_TTL_MINUTES, template_id: str | None = None, *,
-                       provider: str | None = None, agent_id: str | None = None, tenant_id: str | None = None,
-                       allow_internet_access: bool = False, memory_mb: int = 1024, cpus: float = 1.0,
-                       max_processes: int = 256, disk_mb: int = 512, env: dict | None = None) -> dict:
+    def sandbox_create(
+        self,
+        name: str,
+        ttl_minutes: int = DEFAULT_TTL_MINUTES,
+        template_id: str | None = None,
+        *,
+        provider: str | None = None,
+        agent_id: str | None = None,
+        tenant_id: str | None = None,
+        allow_internet_access: bool = False,
+        memory_mb: int = 1024,
+        cpus: float = 1.0,
+        max_processes: int = 256,
+        disk_mb: int = 512,
+        env: dict | None = None,
+    ) -> dict:
         """Create a sandbox; returns its 15-field record.
 
         Raises InvalidArgument for bad values and ProviderUnavailable when the
@@ -202,34 +230,67 @@ class SandboxManager:
         now = time.time()
         # The row is written before the box exists, so a crash mid-create
         # leaves a row the reaper can find rather than an invisible box.
-        self.store.insert({
-            "sandbox_id": spec.sandbox_id, "name": name, "user_id": self.user_id, "agent_id": agent_id,
-            "tenant_id": tenant_id or "default", "provider": provider_name, "template_id": template_id,
-            "status": "creating", "created_at": now, "last_active_at": now, "ttl_minutes": ttl,
-            "expires_at": now + ttl * 60,
-            "options": {"allow_internet": spec.allow_internet, "memory_mb": spec.memory_mb, "cpus": spec.cpus,
-                        "max_processes": spec.max_processes, "disk_mb": spec.disk_mb,
-                        "env_keys": sorted(spec.env)},
-        })
+        self.store.insert(
+            {
+                "sandbox_id": spec.sandbox_id,
+                "name": name,
+                "user_id": self.user_id,
+                "agent_id": agent_id,
+                "tenant_id": tenant_id or "default",
+                "provider": provider_name,
+                "template_id": template_id,
+                "status": "creating",
+                "created_at": now,
+                "last_active_at": now,
+                "ttl_minutes": ttl,
+                "expires_at": now + ttl * 60,
+                "options": {
+                    "allow_internet": spec.allow_internet,
+                    "memory_mb": spec.memory_mb,
+                    "cpus": spec.cpus,
+                    "max_processes": spec.max_processes,
+                    "disk_mb": spec.disk_mb,
+                    "env_keys": sorted(spec.env),
+                },
+            }
+        )
         try:
             state = backend.create(spec)
         except BaseException as exc:
-            self.store.update(spec.sandbox_id, {"status": "failed", "stopped_at": time.time(), "expires_at": None,
-                                                "stop_reason": f"create failed: {exc}"})
+            self.store.update(
+                spec.sandbox_id,
+                {
+                    "status": "failed",
+                    "stopped_at": time.time(),
+                    "expires_at": None,
+                    "stop_reason": f"create failed: {exc}",
+                },
+            )
             try:
                 backend.destroy(spec.sandbox_id, {})
-            except Exception:  # noqa: BLE001 - the create error is the one to report
+            except Exception:
                 pass
             raise
         now = time.time()
-        self.store.update(spec.sandbox_id, {"status": "active", "provider_state": state, "last_active_at": now,
-                                            "expires_at": now + ttl * 60}, expect_status=("creating",))
+        self.store.update(
+            spec.sandbox_id,
+            {"status": "active", "provider_state": state, "last_active_at": now, "expires_at": now + ttl * 60},
+            expect_status=("creating",),
+        )
         return to_record(self.store.get(spec.sandbox_id))
 
     # ---- run
-    def sandbox_run(self, sandbox_id: str, language: str, code: str, timeout: float = DEFAULT_TIMEOUT_SECONDS, *,
-                    on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None,
-                    env: dict | None = None) -> dict:
+    def sandbox_run(
+        self,
+        sandbox_id: str,
+        language: str,
+        code: str,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        *,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        env: dict | None = None,
+    ) -> dict:
         """Run code; returns stdout, stderr, exit_code, execution_time.
 
         Output is passed to ``on_stdout``/``on_stderr`` as it is produced.
@@ -245,9 +306,17 @@ class SandboxManager:
         self._touch(row, extra_seconds=seconds + 30)
         backend = self.provider(row["provider"])
         try:
-            outcome = backend.run(row["sandbox_id"], row["provider_state"], language, code, seconds,
-                                  env=env, max_output_chars=MAX_OUTPUT_CHARS,
-                                  on_stdout=on_stdout, on_stderr=on_stderr)
+            outcome = backend.run(
+                row["sandbox_id"],
+                row["provider_state"],
+                language,
+                code,
+                seconds,
+                env=env,
+                max_output_chars=MAX_OUTPUT_CHARS,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+            )
         except AgentUnreachable as exc:
             self._mark_vanished(row, backend)
             raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}") from None
@@ -282,11 +351,13 @@ class SandboxManager:
         self._require_active(row)
         backend = self.provider(row["provider"])
         if not backend.supports_pause:
-            raise ProviderNotSupported(
-                f"{backend.name} doesn't support pause/resume. Use stop to destroy the sandbox.")
+            raise ProviderNotSupported(f"{backend.name} doesn't support pause/resume. Use stop to destroy the sandbox.")
         backend.pause(row["sandbox_id"], row["provider_state"])
-        if not self.store.update(row["sandbox_id"], {"status": "paused", "paused_at": time.time(),
-                                                     "expires_at": None}, expect_status=("active",)):
+        if not self.store.update(
+            row["sandbox_id"],
+            {"status": "paused", "paused_at": time.time(), "expires_at": None},
+            expect_status=("active",),
+        ):
             backend.resume(row["sandbox_id"], row["provider_state"])
             raise SandboxStateError(f"Sandbox {row['sandbox_id']} changed state while pausing; try again")
         return to_record(self.store.get(row["sandbox_id"]))
@@ -301,16 +372,18 @@ class SandboxManager:
             self._require_active(row)
         backend = self.provider(row["provider"])
         if not backend.supports_pause:
-            raise ProviderNotSupported(
-                f"{backend.name} doesn't support pause/resume. Create a new sandbox instead.")
+            raise ProviderNotSupported(f"{backend.name} doesn't support pause/resume. Create a new sandbox instead.")
         backend.resume(row["sandbox_id"], row["provider_state"])
         now = time.time()
-        self.store.update(row["sandbox_id"], {"status": "active", "paused_at": None, "last_active_at": now,
-                                              "expires_at": now + row["ttl_minutes"] * 60},
-                          expect_status=("paused",))
+        self.store.update(
+            row["sandbox_id"],
+            {"status": "active", "paused_at": None, "last_active_at": now, "expires_at": now + row["ttl_minutes"] * 60},
+            expect_status=("paused",),
+        )
         try:
-            backend.touch(row["sandbox_id"], row["provider_state"],
-                          row["ttl_minutes"] * 60 + AGENT_EXPIRY_GRACE_SECONDS)
+            backend.touch(
+                row["sandbox_id"], row["provider_state"], row["ttl_minutes"] * 60 + AGENT_EXPIRY_GRACE_SECONDS
+            )
         except (SandboxError, OSError):
             pass  # the box's own idle clock also notices the freeze
         return to_record(self.store.get(row["sandbox_id"]))
@@ -324,9 +397,11 @@ class SandboxManager:
 
     def _stop_row(self, row: dict, reason: str) -> bool:
         """Mark stopped, then destroy (so a failed destroy leaves an orphan the reaper removes)."""
-        won = self.store.update(row["sandbox_id"], {"status": "stopped", "stopped_at": time.time(),
-                                                    "expires_at": None, "stop_reason": reason},
-                                expect_status=LIVE_STATUSES)
+        won = self.store.update(
+            row["sandbox_id"],
+            {"status": "stopped", "stopped_at": time.time(), "expires_at": None, "stop_reason": reason},
+            expect_status=LIVE_STATUSES,
+        )
         if won or row["status"] in LIVE_STATUSES:
             self.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
         return won
@@ -337,8 +412,9 @@ class SandboxManager:
         self._reap_expired()
         return to_record(self._resolve(sandbox_id))
 
-    def sandbox_list(self, context: dict | None = None, verify_status: bool = False,
-                     include_stopped: bool = False) -> dict:
+    def sandbox_list(
+        self, context: dict | None = None, verify_status: bool = False, include_stopped: bool = False
+    ) -> dict:
         """``{"sandboxes": [records]}`` of the caller's sandboxes (all users' filtered ones for admins).
 
         ``context`` may hold ``user`` (or ``user_id``), ``agent_id`` and ``tenant_id``.
@@ -350,8 +426,12 @@ class SandboxManager:
         if user is not None and user != self.user_id and not self.is_admin:
             raise PermissionDenied(f"only admins can list another user's sandboxes (you are {self.user_id})")
         self._reap_expired()
-        rows = self.store.select(user_id=user or self.user_id, agent_id=context.get("agent_id"),
-                                 tenant_id=context.get("tenant_id"), include_stopped=include_stopped)
+        rows = self.store.select(
+            user_id=user or self.user_id,
+            agent_id=context.get("agent_id"),
+            tenant_id=context.get("tenant_id"),
+            include_stopped=include_stopped,
+        )
         now = time.time()
         records = []
         for row in rows:
@@ -373,13 +453,23 @@ class SandboxManager:
             self._stop_row(row, reason="vanished")
         elif seen != row["status"]:
             if seen == "paused":
-                self.store.update(row["sandbox_id"], {"status": "paused", "paused_at": time.time(),
-                                                      "expires_at": None}, expect_status=("active",))
+                self.store.update(
+                    row["sandbox_id"],
+                    {"status": "paused", "paused_at": time.time(), "expires_at": None},
+                    expect_status=("active",),
+                )
             else:
                 now = time.time()
-                self.store.update(row["sandbox_id"], {"status": "active", "paused_at": None, "last_active_at": now,
-                                                      "expires_at": now + row["ttl_minutes"] * 60},
-                                  expect_status=("paused",))
+                self.store.update(
+                    row["sandbox_id"],
+                    {
+                        "status": "active",
+                        "paused_at": None,
+                        "last_active_at": now,
+                        "expires_at": now + row["ttl_minutes"] * 60,
+                    },
+                    expect_status=("paused",),
+                )
         return True, seen
 
     # ---- housekeeping
@@ -390,9 +480,11 @@ class SandboxManager:
         """
         report = {"expired": self._reap_expired(), "vanished": [], "failed_creates": [], "orphans": []}
         for row in self.store.stale_creating(time.time() - CREATE_GRACE_SECONDS):
-            if self.store.update(row["sandbox_id"], {"status": "failed", "stopped_at": time.time(),
-                                                     "stop_reason": "create did not finish"},
-                                 expect_status=("creating",)):
+            if self.store.update(
+                row["sandbox_id"],
+                {"status": "failed", "stopped_at": time.time(), "stop_reason": "create did not finish"},
+                expect_status=("creating",),
+            ):
                 self.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
                 report["failed_creates"].append(row["sandbox_id"])
         for row in self.store.select(include_stopped=False):

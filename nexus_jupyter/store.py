@@ -14,9 +14,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import StoreError
 
@@ -25,8 +26,20 @@ BUSY_TIMEOUT_SECONDS = 30.0
 
 # The 15 fields of a sandbox record, in the order the seed documents them.
 RECORD_FIELDS = (
-    "sandbox_id", "name", "user_id", "agent_id", "tenant_id", "provider", "template_id", "status",
-    "created_at", "last_active_at", "paused_at", "stopped_at", "ttl_minutes", "expires_at",
+    "sandbox_id",
+    "name",
+    "user_id",
+    "agent_id",
+    "tenant_id",
+    "provider",
+    "template_id",
+    "status",
+    "created_at",
+    "last_active_at",
+    "paused_at",
+    "stopped_at",
+    "ttl_minutes",
+    "expires_at",
     "uptime_seconds",
 )
 TIME_FIELDS = ("created_at", "last_active_at", "paused_at", "stopped_at", "expires_at")
@@ -72,11 +85,23 @@ def _migrate(conn: sqlite3.Connection) -> None:
     sandboxes = db["sandboxes"]
     sandboxes.create(
         {
-            "sandbox_id": str, "name": str, "user_id": str, "agent_id": str, "tenant_id": str,
-            "provider": str, "template_id": str, "status": str,
-            "created_at": float, "last_active_at": float, "paused_at": float, "stopped_at": float,
-            "ttl_minutes": int, "expires_at": float,
-            "options": str, "provider_state": str, "stop_reason": str,
+            "sandbox_id": str,
+            "name": str,
+            "user_id": str,
+            "agent_id": str,
+            "tenant_id": str,
+            "provider": str,
+            "template_id": str,
+            "status": str,
+            "created_at": float,
+            "last_active_at": float,
+            "paused_at": float,
+            "stopped_at": float,
+            "ttl_minutes": int,
+            "expires_at": float,
+            "options": str,
+            "provider_state": str,
+            "stop_reason": str,
         },
         pk="sandbox_id",
         not_null={"name", "user_id", "tenant_id", "provider", "status", "created_at", "ttl_minutes"},
@@ -188,11 +213,22 @@ class Store:
             params.append(user_id)
         return [self._row(r) for r in self._execute(sql + " ORDER BY created_at DESC", params)]
 
-    def select(self, *, user_id: str | None = None, agent_id: str | None = None, tenant_id: str | None = None,
-               provider: str | None = None, include_stopped: bool = False) -> list[dict]:
+    def select(
+        self,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        tenant_id: str | None = None,
+        provider: str | None = None,
+        include_stopped: bool = False,
+    ) -> list[dict]:
         clauses, params = [], []
-        for column, value in (("user_id", user_id), ("agent_id", agent_id), ("tenant_id", tenant_id),
-                              ("provider", provider)):
+        for column, value in (
+            ("user_id", user_id),
+            ("agent_id", agent_id),
+            ("tenant_id", tenant_id),
+            ("provider", provider),
+        ):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
@@ -202,14 +238,21 @@ class Store:
         return [self._row(r) for r in self._execute(f"SELECT * FROM sandboxes {where} ORDER BY created_at", params)]
 
     def expired(self, now: float) -> list[dict]:
-        return [self._row(r) for r in self._execute(
-            "SELECT * FROM sandboxes WHERE status = 'active' AND expires_at IS NOT NULL AND expires_at < ?", [now])]
+        return [
+            self._row(r)
+            for r in self._execute(
+                "SELECT * FROM sandboxes WHERE status = 'active' AND expires_at IS NOT NULL AND expires_at < ?", [now]
+            )
+        ]
 
     def stale_creating(self, before: float) -> list[dict]:
-        return [self._row(r) for r in self._execute(
-            "SELECT * FROM sandboxes WHERE status = 'creating' AND created_at < ?", [before])]
+        return [
+            self._row(r)
+            for r in self._execute("SELECT * FROM sandboxes WHERE status = 'creating' AND created_at < ?", [before])
+        ]
 
     def live_ids(self, provider: str) -> set[str]:
         rows = self._execute(
-            f"SELECT sandbox_id FROM sandboxes WHERE provider = ? AND status IN {LIVE_STATUSES}", [provider])
+            f"SELECT sandbox_id FROM sandboxes WHERE provider = ? AND status IN {LIVE_STATUSES}", [provider]
+        )
         return {r[0] for r in rows}

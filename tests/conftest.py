@@ -65,11 +65,15 @@ def nexus(data_dir, provider):
     """Run the real ``nexus`` command in a subprocess: ``nexus("sandbox", "list", "--json")``."""
 
     def run(*args: str, input: str | bytes | None = None, timeout: float = 120, env: dict | None = None) -> CLIResult:
-        full_env = {**os.environ, "NEXUS_DATA_DIR": str(data_dir), "NEXUS_SANDBOX_PROVIDER": provider,
-                    **(env or {})}
+        full_env = {**os.environ, "NEXUS_DATA_DIR": str(data_dir), "NEXUS_SANDBOX_PROVIDER": provider, **(env or {})}
         completed = subprocess.run(
-            [sys.executable, "-m", "nexus_jupyter", *args], input=input, capture_output=True,
-            text=not isinstance(input, bytes), timeout=timeout, env=full_env)
+            [sys.executable, "-m", "nexus_jupyter", *args],
+            input=input,
+            capture_output=True,
+            text=not isinstance(input, bytes),
+            timeout=timeout,
+            env=full_env,
+        )
         if isinstance(input, bytes):
             completed.stdout = completed.stdout.decode("utf-8", "replace")
             completed.stderr = completed.stderr.decode("utf-8", "replace")

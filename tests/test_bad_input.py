@@ -28,21 +28,24 @@ def assert_store_intact(nexus, sandbox: str) -> None:
     assert nexus("sandbox", "run", sandbox, "-c", "print('still fine')").stdout == "still fine\n"
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["sandbox", "run", "sb_doesnotexist", "-c", "print(1)"], "Sandbox not found: sb_doesnotexist"),
-    (["sandbox", "status", "sb_doesnotexist"], "Sandbox not found"),
-    (["sandbox", "pause", "sb_doesnotexist"], "Sandbox not found"),
-    (["sandbox", "resume", "sb_doesnotexist"], "Sandbox not found"),
-    (["sandbox", "stop", "sb_doesnotexist"], "Sandbox not found"),
-    (["sandbox", "create", "x", "--ttl", "0"], "ttl_minutes"),
-    (["sandbox", "create", "x", "--ttl", "-5"], "ttl_minutes"),
-    (["sandbox", "create", "x", "--ttl", "abc"], "is not a valid integer"),
-    (["sandbox", "create", "x", "--provider", "nosuch"], "unknown provider 'nosuch'"),
-    (["sandbox", "create", "x", "--env", "NOEQUALS"], "KEY=VALUE"),
-    (["sandbox", "create", "x", "--memory", "1"], "memory_mb"),
-    (["sandbox", "list", "--user-id", "somebody-else"], "only admins"),
-    (["sandbox", "frobnicate"], "No such command"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["sandbox", "run", "sb_doesnotexist", "-c", "print(1)"], "Sandbox not found: sb_doesnotexist"),
+        (["sandbox", "status", "sb_doesnotexist"], "Sandbox not found"),
+        (["sandbox", "pause", "sb_doesnotexist"], "Sandbox not found"),
+        (["sandbox", "resume", "sb_doesnotexist"], "Sandbox not found"),
+        (["sandbox", "stop", "sb_doesnotexist"], "Sandbox not found"),
+        (["sandbox", "create", "x", "--ttl", "0"], "ttl_minutes"),
+        (["sandbox", "create", "x", "--ttl", "-5"], "ttl_minutes"),
+        (["sandbox", "create", "x", "--ttl", "abc"], "is not a valid integer"),
+        (["sandbox", "create", "x", "--provider", "nosuch"], "unknown provider 'nosuch'"),
+        (["sandbox", "create", "x", "--env", "NOEQUALS"], "KEY=VALUE"),
+        (["sandbox", "create", "x", "--memory", "1"], "memory_mb"),
+        (["sandbox", "list", "--user-id", "somebody-else"], "only admins"),
+        (["sandbox", "frobnicate"], "No such command"),
+    ],
+)
 def test_errors_without_a_sandbox(nexus, args, fragment):
     assert_one_line_error(nexus(*args), fragment)
 
@@ -88,15 +91,22 @@ def test_run_on_a_paused_or_stopped_sandbox_is_refused(nexus):
 
 def test_non_utf8_output_and_nul_bytes_in_output_are_carried_safely(nexus):
     sandbox = create(nexus)
-    result = nexus("sandbox", "run", sandbox, "-c",
-                   "import sys; sys.stdout.buffer.write(b'ok \\xff\\xfe nul:\\x00 end\\n')", "--json")
+    result = nexus(
+        "sandbox",
+        "run",
+        sandbox,
+        "-c",
+        "import sys; sys.stdout.buffer.write(b'ok \\xff\\xfe nul:\\x00 end\\n')",
+        "--json",
+    )
     assert result.returncode == 0, result
     assert result.json()["stdout"] == "ok \ufffd\ufffd nul:\x00 end\n"
 
 
 def test_file_errors(nexus, tmp_path):
     sandbox = create(nexus)
-    assert_one_line_error(nexus("sandbox", "download", sandbox, "nope.txt", str(tmp_path / "n")), "cannot read nope.txt")
+    missing = nexus("sandbox", "download", sandbox, "nope.txt", str(tmp_path / "n"))
+    assert_one_line_error(missing, "cannot read nope.txt")
     assert not (tmp_path / "n").exists() and not (tmp_path / "n.partial").exists()
     assert_one_line_error(nexus("sandbox", "upload", sandbox, str(tmp_path / "missing.csv")), "cannot read")
     assert_one_line_error(nexus("sandbox", "files", sandbox, "no/such/dir"), "cannot list")

@@ -6,8 +6,21 @@ import concurrent.futures
 import json
 
 RECORD_FIELDS = [
-    "sandbox_id", "name", "user_id", "agent_id", "tenant_id", "provider", "template_id", "status",
-    "created_at", "last_active_at", "paused_at", "stopped_at", "ttl_minutes", "expires_at", "uptime_seconds",
+    "sandbox_id",
+    "name",
+    "user_id",
+    "agent_id",
+    "tenant_id",
+    "provider",
+    "template_id",
+    "status",
+    "created_at",
+    "last_active_at",
+    "paused_at",
+    "stopped_at",
+    "ttl_minutes",
+    "expires_at",
+    "uptime_seconds",
 ]
 
 
@@ -61,9 +74,11 @@ def test_reuse_sandbox_for_multiple_tasks_refreshes_the_ttl(nexus):
 def test_data_analysis_pipeline_from_files(nexus, tmp_path):
     (tmp_path / "load_data.py").write_text("import json\njson.dump([3, 1, 2], open('data.json', 'w'))\n")
     (tmp_path / "transform_data.py").write_text(
-        "import json\nrows = sorted(json.load(open('data.json')))\njson.dump(rows, open('sorted.json', 'w'))\n")
+        "import json\nrows = sorted(json.load(open('data.json')))\njson.dump(rows, open('sorted.json', 'w'))\n"
+    )
     (tmp_path / "generate_report.py").write_text(
-        "import json\nrows = json.load(open('sorted.json'))\nopen('report.txt', 'w').write(f'sorted: {rows}\\n')\n")
+        "import json\nrows = json.load(open('sorted.json'))\nopen('report.txt', 'w').write(f'sorted: {rows}\\n')\n"
+    )
     sandbox = create(nexus, "data-analysis", "--ttl", "60")
     for script in ("load_data.py", "transform_data.py", "generate_report.py"):
         assert nexus("sandbox", "run", sandbox, "-f", str(tmp_path / script)).returncode == 0
@@ -73,12 +88,26 @@ def test_data_analysis_pipeline_from_files(nexus, tmp_path):
 
 def test_multi_language_workflow_hands_data_json_from_python_to_javascript_to_bash(nexus):
     sandbox = create(nexus, "multi-lang")
-    python = nexus("sandbox", "run", sandbox, "-l", "python", "-c",
-                   "import json\ndata = {'count': 42}\nwith open('data.json', 'w') as f:\n    json.dump(data, f)\n")
+    python = nexus(
+        "sandbox",
+        "run",
+        sandbox,
+        "-l",
+        "python",
+        "-c",
+        "import json\ndata = {'count': 42}\nwith open('data.json', 'w') as f:\n    json.dump(data, f)\n",
+    )
     assert python.returncode == 0, python
-    javascript = nexus("sandbox", "run", sandbox, "-l", "javascript", "-c",
-                       "const fs = require('fs');\nconst data = JSON.parse(fs.readFileSync('data.json'));\n"
-                       "console.log('Count:', data.count);\n")
+    javascript = nexus(
+        "sandbox",
+        "run",
+        sandbox,
+        "-l",
+        "javascript",
+        "-c",
+        "const fs = require('fs');\nconst data = JSON.parse(fs.readFileSync('data.json'));\n"
+        "console.log('Count:', data.count);\n",
+    )
     assert javascript.stdout == "Count: 42\n", javascript
     bash = nexus("sandbox", "run", sandbox, "-l", "bash", "-c", "cat data.json\nls -lh\ndf -h")
     assert bash.returncode == 0, bash
@@ -89,15 +118,23 @@ def test_multi_language_workflow_hands_data_json_from_python_to_javascript_to_ba
 def test_code_from_stdin_in_every_language(nexus):
     sandbox = create(nexus)
     assert nexus("sandbox", "run", sandbox, "-c", "-", input="print('test')").stdout == "test\n"
-    assert nexus("sandbox", "run", sandbox, "-l", "javascript", "-c", "-",
-                 input="console.log('test')").stdout == "test\n"
+    assert (
+        nexus("sandbox", "run", sandbox, "-l", "javascript", "-c", "-", input="console.log('test')").stdout == "test\n"
+    )
     assert nexus("sandbox", "run", sandbox, "-l", "bash", "-c", "-", input="echo test").stdout == "test\n"
 
 
 def test_javascript_supports_top_level_await(nexus):
     sandbox = create(nexus)
-    run = nexus("sandbox", "run", sandbox, "-l", "javascript", "-c",
-                "const v = await new Promise((r) => setTimeout(() => r(7), 10));\nconsole.log(v * 6);")
+    run = nexus(
+        "sandbox",
+        "run",
+        sandbox,
+        "-l",
+        "javascript",
+        "-c",
+        "const v = await new Promise((r) => setTimeout(() => r(7), 10));\nconsole.log(v * 6);",
+    )
     assert run.stdout == "42\n", run
 
 
@@ -204,8 +241,11 @@ def test_eight_concurrent_creates_all_succeed(nexus):
 def test_eight_concurrent_runs_on_one_sandbox_all_succeed(nexus):
     sandbox = create(nexus)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(
-            lambda i: nexus("sandbox", "run", sandbox, "-c", f"import time; time.sleep(0.3); print({i})"), range(8)))
+        results = list(
+            pool.map(
+                lambda i: nexus("sandbox", "run", sandbox, "-c", f"import time; time.sleep(0.3); print({i})"), range(8)
+            )
+        )
     assert [r.stdout for r in results] == [f"{i}\n" for i in range(8)], results
 
 

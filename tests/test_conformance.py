@@ -6,6 +6,7 @@ local).  A new provider is done when this file and test_isolation.py pass.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -17,8 +18,12 @@ from nexus_jupyter import SandboxManager, SandboxTimeout
 def test_seed_quick_start(nx):
     sandbox = nx.sandbox_create(name="my-python-sandbox", ttl_minutes=20)
     sandbox_id = sandbox["sandbox_id"]
-    result = nx.sandbox_run(sandbox_id=sandbox_id, language="python",
-                            code='import sys\nprint(f"Python {sys.version}")\nprint("2 + 2 =", 2 + 2)\n', timeout=30)
+    result = nx.sandbox_run(
+        sandbox_id=sandbox_id,
+        language="python",
+        code='import sys\nprint(f"Python {sys.version}")\nprint("2 + 2 =", 2 + 2)\n',
+        timeout=30,
+    )
     assert result["exit_code"] == 0
     assert result["stdout"].splitlines()[1] == "2 + 2 = 4"
     assert result["execution_time"] > 0
@@ -44,7 +49,7 @@ def test_error_handling_returns_the_traceback(nx, sandbox):
 
 
 def test_timeout_raises_with_the_partial_output_and_the_sandbox_stays_usable(nx, sandbox):
-    with pytest.raises(SandboxTimeout, match="^Code execution exceeded 2 second timeout$") as caught:
+    with pytest.raises(SandboxTimeout, match=r"^Code execution exceeded 2 second timeout$") as caught:
         nx.sandbox_run(sandbox, "python", "import time\nprint('started', flush=True)\ntime.sleep(10)", timeout=2)
     assert caught.value.result["stdout"] == "started\n"
     assert nx.sandbox_run(sandbox, "python", "print('usable')")["stdout"] == "usable\n"
@@ -98,8 +103,9 @@ def test_code_is_never_passed_on_a_command_line(nx, sandbox):
     from conftest import host_processes_matching
 
     marker = "MARKER_" + str(time.time_ns())
-    thread = threading.Thread(target=nx.sandbox_run,
-                              args=(sandbox, "python", f"import time\ntime.sleep(1.5)  # {marker}"))
+    thread = threading.Thread(
+        target=nx.sandbox_run, args=(sandbox, "python", f"import time\ntime.sleep(1.5)  # {marker}")
+    )
     thread.start()
     time.sleep(0.7)
     try:
@@ -120,7 +126,7 @@ def test_pause_freezes_running_code_and_resume_thaws_it(nx, sandbox):
     runner.join(30)
     stamps = [float(line) for line in outcome["stdout"].split()]
     assert len(stamps) == 8
-    gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
     assert max(gaps) >= 1.8  # nothing ran while it was paused
 
 

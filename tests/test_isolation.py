@@ -25,8 +25,8 @@ def test_host_files_are_not_readable(nx, sandbox, data_dir):
     secret.write_text("top secret")
     code = f"""
 import os
-for path in [{str(secret)!r}, {str(data_dir / 'nexus.db')!r}, '/etc/shadow', '/root/.bashrc',
-             '/root/.ssh', {os.path.expanduser('~')!r} + '/.bash_history', '/work', '/home/user/../../etc/shadow']:
+for path in [{str(secret)!r}, {str(data_dir / "nexus.db")!r}, '/etc/shadow', '/root/.bashrc',
+             '/root/.ssh', {os.path.expanduser("~")!r} + '/.bash_history', '/work', '/home/user/../../etc/shadow']:
     try:
         open(path).read()
         print('READ', path)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator
+from typing import ClassVar
 
 from ..agent_client import AgentClient
 from ..errors import InvalidArgument, ProviderNotSupported
@@ -80,13 +81,29 @@ class Provider(ABC):
     def agent(self, sandbox_id: str, state: dict) -> AgentClient:
         raise ProviderNotSupported(f"the {self.name} provider has no in-box agent")
 
-    def run(self, sandbox_id: str, state: dict, language: str, code: str, timeout: float, *,
-            env: dict | None = None, max_output_chars: int = 1 << 20,
-            on_stdout: OutputCallback | None = None, on_stderr: OutputCallback | None = None) -> dict:
+    def run(
+        self,
+        sandbox_id: str,
+        state: dict,
+        language: str,
+        code: str,
+        timeout: float,
+        *,
+        env: dict | None = None,
+        max_output_chars: int = 1 << 20,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> dict:
         """Run code; returns stdout, stderr, exit_code, execution_time, timed_out."""
         return self.agent(sandbox_id, state).run(
-            language, code, timeout, env=env, max_output_chars=max_output_chars,
-            on_stdout=on_stdout, on_stderr=on_stderr)
+            language,
+            code,
+            timeout,
+            env=env,
+            max_output_chars=max_output_chars,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+        )
 
     def touch(self, sandbox_id: str, state: dict, idle_timeout_seconds: float) -> None:
         """Tell the box it was used (its own idle clock restarts)."""

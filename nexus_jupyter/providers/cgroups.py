@@ -49,7 +49,7 @@ class Cgroups:
         self.group = group
 
     @classmethod
-    def detect(cls, data_dir: Path) -> tuple["Cgroups | None", str]:
+    def detect(cls, data_dir: Path) -> tuple[Cgroups | None, str]:
         """Returns (cgroups or None, a reason when None)."""
         group = "nexus-" + hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
         if (CGROUP_ROOT / "cgroup.controllers").exists():

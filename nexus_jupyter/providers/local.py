@@ -47,8 +47,19 @@ exec "$@"
 """
 
 # Host files a box may read: what dynamic linking, TLS and time zones need.
-ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "ssl", "ca-certificates",
-             "localtime", "nsswitch.conf", "mime.types", "protocols", "services")
+ETC_FILES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "ssl",
+    "ca-certificates",
+    "localtime",
+    "nsswitch.conf",
+    "mime.types",
+    "protocols",
+    "services",
+)
 TOP_LEVEL_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 MS_NOSUID, MS_NODEV = 2, 4
 MNT_DETACH = 2
@@ -63,8 +74,12 @@ def _bwrap_features(bwrap: str) -> frozenset:
 
 def _runtime_paths() -> list[str]:
     """Directories outside /usr that the interpreters live in (bound read-only)."""
-    candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix,
-                  str(Path(os.path.realpath(sys.executable)).parent.parent)}
+    candidates = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        str(Path(os.path.realpath(sys.executable)).parent.parent),
+    }
     node = shutil.which("node")
     if node:
         candidates.add(str(Path(os.path.realpath(node)).parent.parent))
@@ -86,9 +101,17 @@ def box_environment(extra: dict | None = None) -> dict:
     """The environment every run starts with (nothing from the host's)."""
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": BOX_HOME, "USER": "user", "LOGNAME": "user", "SHELL": "/bin/bash",
-        "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TERM": "dumb", "TMPDIR": "/tmp",
-        "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg",
+        "HOME": BOX_HOME,
+        "USER": "user",
+        "LOGNAME": "user",
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TERM": "dumb",
+        "TMPDIR": "/tmp",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "MPLBACKEND": "Agg",
     }
     env.update(extra or {})
     return env
@@ -116,11 +139,14 @@ class LocalProvider(Provider):
     def notices(self) -> list[str]:
         notes = []
         if self.cgroups is None:
-            notes.append(f"cgroups unavailable ({self._cgroup_reason}): memory and process limits apply "
-                         "per process (rlimits) and pause uses SIGSTOP")
+            notes.append(
+                f"cgroups unavailable ({self._cgroup_reason}): memory and process limits apply "
+                "per process (rlimits) and pause uses SIGSTOP"
+            )
         if os.geteuid() != 0:
-            notes.append("not root: the sandbox home is a plain directory (each file is size-limited, "
-                         "the total is not)")
+            notes.append(
+                "not root: the sandbox home is a plain directory (each file is size-limited, the total is not)"
+            )
         return notes
 
     def _bwrap(self) -> str:
@@ -128,7 +154,8 @@ class LocalProvider(Provider):
         if bwrap is None:
             raise ProviderUnavailable(
                 "bubblewrap (bwrap) is not installed, and the local provider never runs code unisolated: "
-                "install it with 'apt-get install bubblewrap' (Debian/Ubuntu) or 'dnf install bubblewrap' (Fedora)")
+                "install it with 'apt-get install bubblewrap' (Debian/Ubuntu) or 'dnf install bubblewrap' (Fedora)"
+            )
         return bwrap
 
     # ---- paths
@@ -136,9 +163,11 @@ class LocalProvider(Provider):
         return self.root / sandbox_id
 
     def agent(self, sandbox_id: str, state: dict) -> AgentClient:
-        return AgentClient(self.box_dir(sandbox_id) / "fs" / "run" / "agent.sock",
-                           is_alive=lambda: self.inspect(sandbox_id, state) != "stopped",
-                           explain=lambda: self._log_tail(sandbox_id))
+        return AgentClient(
+            self.box_dir(sandbox_id) / "fs" / "run" / "agent.sock",
+            is_alive=lambda: self.inspect(sandbox_id, state) != "stopped",
+            explain=lambda: self._log_tail(sandbox_id),
+        )
 
     def _log_tail(self, sandbox_id: str) -> str:
         try:
@@ -169,16 +198,31 @@ class LocalProvider(Provider):
         config = {"interpreters": _interpreters(), "env": box_environment(spec.env), "limits": limits}
         command = [
             *self._bwrap_args(bwrap, spec, box),
-            "--", sys.executable, "-I", "-S", BOX_AGENT, "--socket", f"{BOX_RUN}/agent.sock",
-            "--workdir", BOX_HOME, "--idle-timeout", str(spec.idle_timeout_seconds),
-            "--config", json.dumps(config),
+            "--",
+            sys.executable,
+            "-I",
+            "-S",
+            BOX_AGENT,
+            "--socket",
+            f"{BOX_RUN}/agent.sock",
+            "--workdir",
+            BOX_HOME,
+            "--idle-timeout",
+            str(spec.idle_timeout_seconds),
+            "--config",
+            json.dumps(config),
         ]
         launcher = ["setsid", "-f"] if shutil.which("setsid") else []
         with open(box / "box.log", "ab") as log:
             subprocess.run(
                 [*launcher, "/bin/sh", "-c", LAUNCHER, "sh", str(box / "box.pid"), *join, "--", *command],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, check=True,
-                start_new_session=True)
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                close_fds=True,
+                check=True,
+                start_new_session=True,
+            )
         self._wait_launched(spec.sandbox_id)
         return state
 
@@ -201,16 +245,32 @@ class LocalProvider(Provider):
 
     @staticmethod
     def _write_etc(etc: Path) -> None:
-        (etc / "passwd").write_text(f"user:x:{BOX_UID}:{BOX_UID}:sandbox user:{BOX_HOME}:/bin/bash\n"
-                                    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+        (etc / "passwd").write_text(
+            f"user:x:{BOX_UID}:{BOX_UID}:sandbox user:{BOX_HOME}:/bin/bash\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        )
         (etc / "group").write_text(f"user:x:{BOX_UID}:\nnogroup:x:65534:\n")
         (etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n")
 
     def _bwrap_args(self, bwrap: str, spec: BoxSpec, box: Path) -> list[str]:
         features = _bwrap_features(bwrap)
-        args = [bwrap, "--unshare-user", "--uid", str(BOX_UID), "--gid", str(BOX_UID),
-                "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
-                "--hostname", "sandbox", "--cap-drop", "ALL", "--new-session"]
+        args = [
+            bwrap,
+            "--unshare-user",
+            "--uid",
+            str(BOX_UID),
+            "--gid",
+            str(BOX_UID),
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--hostname",
+            "sandbox",
+            "--cap-drop",
+            "ALL",
+            "--new-session",
+        ]
         if "--disable-userns" in features:
             args.append("--disable-userns")  # no nested user namespaces: no way back to capabilities
         if not spec.allow_internet:
@@ -230,16 +290,35 @@ class LocalProvider(Provider):
             args += ["--ro-bind", str(box / "etc" / name), f"/etc/{name}"]
         for path in _runtime_paths():
             args += ["--ro-bind", path, path]
-        args += ["--ro-bind", str(AGENT_SOURCE), BOX_AGENT,
-                 "--bind", str(box / "fs" / "home"), BOX_HOME,
-                 "--bind", str(box / "fs" / "run"), BOX_RUN,
-                 "--proc", "/proc", "--dev", "/dev"]
+        args += [
+            "--ro-bind",
+            str(AGENT_SOURCE),
+            BOX_AGENT,
+            "--bind",
+            str(box / "fs" / "home"),
+            BOX_HOME,
+            "--bind",
+            str(box / "fs" / "run"),
+            BOX_RUN,
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+        ]
         if "--size" in features:
             args += ["--size", str(spec.disk_mb << 20)]
-        args += ["--tmpfs", "/tmp",
-                 # Everything but the home, /tmp and the agent's directory is read-only.
-                 "--remount-ro", "/",
-                 "--chdir", BOX_HOME, "--setenv", "HOME", BOX_HOME]
+        args += [
+            "--tmpfs",
+            "/tmp",
+            # Everything but the home, /tmp and the agent's directory is read-only.
+            "--remount-ro",
+            "/",
+            "--chdir",
+            BOX_HOME,
+            "--setenv",
+            "HOME",
+            BOX_HOME,
+        ]
         return args
 
     def _box_pid(self, sandbox_id: str) -> int | None:
@@ -342,4 +421,3 @@ class LocalProvider(Provider):
             if on_stderr is not None:
                 on_stderr(note)
         return result
-
