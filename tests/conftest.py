@@ -23,10 +23,11 @@ def data_dir(tmp_path, monkeypatch) -> Path:
         monkeypatch.delenv(name, raising=False)
     yield path
     # Whatever a test left running is destroyed, so no box outlives its test.
-    cleanup = SandboxManager(path, is_admin=True)
-    for record in cleanup.sandbox_list(context={}, include_stopped=False)["sandboxes"]:
-        cleanup.sandbox_stop(record["sandbox_id"])
-    cleanup.reap()
+    if (path / "nexus.db").exists():
+        cleanup = SandboxManager(path, is_admin=True)
+        for row in cleanup.store.select(include_stopped=False):  # every user's
+            cleanup.sandbox_stop(row["sandbox_id"])
+        cleanup.reap()
 
 
 @pytest.fixture(params=PROVIDERS)

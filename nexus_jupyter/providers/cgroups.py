@@ -20,10 +20,6 @@ V1_CONTROLLERS = ("memory", "pids", "freezer", "cpu")
 CPU_PERIOD_US = 100_000
 
 
-class CgroupError(OSError):
-    pass
-
-
 def _write(path: Path, value: str) -> None:
     with open(path, "w") as handle:
         handle.write(value)
@@ -58,10 +54,15 @@ class Cgroups:
             candidate = cls(1, group)
         else:
             return None, "no cgroup v1 or v2 hierarchy with memory, pids, freezer and cpu is mounted"
-        try:
-            candidate._prepare()
-        except OSError as exc:
-            return None, f"cgroups are not writable here ({exc.strerror or exc})"
+        # Checked without creating anything: listing and reaping must leave no trace.
+        writable = [p.parent for p in candidate._parents() if not os.access(p.parent, os.W_OK)]
+        if writable:
+            return None, f"cgroups are not writable here ({writable[0]})"
+        if candidate.version == 2:
+            wanted = {"memory", "pids", "cpu"}
+            missing = wanted - set(_read(CGROUP_ROOT / "cgroup.controllers").split())
+            if missing:
+                return None, f"cgroup v2 controllers missing: {', '.join(sorted(missing))}"
         return candidate, ""
 
     # ---- layout
@@ -80,9 +81,6 @@ class Cgroups:
             parent.mkdir(exist_ok=True)
         if self.version == 2:
             wanted = {"memory", "pids", "cpu"}
-            available = set(_read(CGROUP_ROOT / "cgroup.controllers").split())
-            if not wanted <= available:
-                raise CgroupError(errno.ENOTSUP, f"controllers missing: {sorted(wanted - available)}")
             for path in (CGROUP_ROOT, CGROUP_ROOT / self.group):
                 enabled = set(_read(path / "cgroup.subtree_control").split())
                 if not wanted <= enabled:
@@ -96,6 +94,16 @@ class Cgroups:
 
     # ---- lifecycle
     def create(self, box_id: str, memory_bytes: int, max_processes: int, cpus: float) -> None:
+        for attempt in range(3):
+            try:
+                self._prepare()  # another process may have just removed the empty parent
+                self._create(box_id, memory_bytes, max_processes, cpus)
+                return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+
+    def _create(self, box_id: str, memory_bytes: int, max_processes: int, cpus: float) -> None:
         quota = max(int(cpus * CPU_PERIOD_US), 1000)
         if self.version == 2:
             path = self._dir("", box_id)
@@ -194,6 +202,13 @@ class Cgroups:
                     if exc.errno != errno.EBUSY:
                         raise
                     time.sleep(0.005)
+        # The store's parent group goes too once its last box is gone, so
+        # test runs and short-lived data dirs leave nothing behind.
+        for parent in self._parents():
+            try:
+                parent.rmdir()
+            except OSError:
+                pass  # other boxes still live in it
 
     def box_ids(self) -> set[str]:
         parent = self._parents()[0] if self.version == 2 else CGROUP_ROOT / "pids" / self.group

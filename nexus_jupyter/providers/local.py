@@ -133,7 +133,10 @@ class LocalProvider(Provider):
     @property
     def cgroups(self) -> Cgroups | None:
         if self._cgroup_reason is None:
-            self._cgroups, self._cgroup_reason = Cgroups.detect(self.data_dir)
+            if os.environ.get("NEXUS_LOCAL_CGROUPS", "").lower() in ("0", "off", "false", "no"):
+                self._cgroups, self._cgroup_reason = None, "turned off by NEXUS_LOCAL_CGROUPS"
+            else:
+                self._cgroups, self._cgroup_reason = Cgroups.detect(self.data_dir)
         return self._cgroups
 
     def notices(self) -> list[str]:
@@ -189,7 +192,12 @@ class LocalProvider(Provider):
         cgroups = self.cgroups
         join = []
         if cgroups is not None:
-            cgroups.create(spec.sandbox_id, spec.memory_mb << 20, spec.max_processes, spec.cpus)
+            try:
+                cgroups.create(spec.sandbox_id, spec.memory_mb << 20, spec.max_processes, spec.cpus)
+            except OSError as exc:
+                raise ProviderUnavailable(
+                    f"cannot set up the sandbox's cgroup ({exc.strerror or exc}): fix the cgroup setup, or set "
+                    "NEXUS_LOCAL_CGROUPS=off to run with per-process limits instead") from None
             join = cgroups.procs_files(spec.sandbox_id)
         state["cgroups"] = cgroups is not None
         limits = {"file_size_bytes": spec.disk_mb << 20, "open_files": 1024}
@@ -352,14 +360,22 @@ class LocalProvider(Provider):
         return tree
 
     def _signal_tree(self, sandbox_id: str, sig: int) -> None:
+        """Signal every process of the box, again until no new one appears (a process
+        may fork between our reading the tree and signalling it)."""
         pid = self._box_pid(sandbox_id)
         if pid is None:
             return
-        for member in self._process_tree(pid):
-            try:
-                os.kill(member, sig)
-            except ProcessLookupError:
-                pass
+        signalled: set[int] = set()
+        for _ in range(100):
+            members = set(self._process_tree(pid)) - signalled
+            if not members:
+                return
+            for member in members:
+                try:
+                    os.kill(member, sig)
+                except ProcessLookupError:
+                    pass
+            signalled |= members
 
     def destroy(self, sandbox_id: str, state: dict) -> None:
         cgroups = self.cgroups
