@@ -498,7 +498,8 @@ def serve(config):
             # We were frozen (pause): time spent frozen is not idleness.
             last_activity = now
         last_tick = now
-        while serving:
+        # Reaps connection children, and orphans too where the agent is PID 1.
+        while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -506,8 +507,9 @@ def serve(config):
                 break
             if pid == 0:
                 break
-            serving.discard(pid)
-            last_activity = now
+            if pid in serving:
+                serving.discard(pid)
+                last_activity = now
         for key, _ in ready:
             if key.fileobj is listener:
                 try:

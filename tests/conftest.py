@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,20 @@ import pytest
 from nexus_jupyter import SandboxManager
 
 PROVIDERS = [name.strip() for name in os.environ.get("NEXUS_TEST_PROVIDERS", "local").split(",") if name.strip()]
+# The provider suites also run on the local provider's unshare fallback (root only).
+ISOLATION_SUITES = {"test_conformance", "test_isolation"}
+
+
+def _unshare_available() -> bool:
+    return os.geteuid() == 0 and all(shutil.which(tool) for tool in ("unshare", "setpriv", "mount", "pivot_root"))
+
+
+def pytest_generate_tests(metafunc):
+    if "provider" in metafunc.fixturenames:
+        variants = list(PROVIDERS)
+        if metafunc.module.__name__ in ISOLATION_SUITES and "local" in PROVIDERS and _unshare_available():
+            variants.append("local+unshare")
+        metafunc.parametrize("provider", variants, indirect=True)
 
 
 @pytest.fixture
@@ -30,9 +45,12 @@ def data_dir(tmp_path, monkeypatch) -> Path:
         cleanup.reap()
 
 
-@pytest.fixture(params=PROVIDERS)
-def provider(request) -> str:
-    return request.param
+@pytest.fixture
+def provider(request, monkeypatch) -> str:
+    """The provider's name; ``local+unshare`` is the local provider built with unshare instead of bwrap."""
+    name, _, isolation = request.param.partition("+")
+    monkeypatch.setenv("NEXUS_LOCAL_ISOLATION", isolation or "auto")
+    return name
 
 
 @pytest.fixture

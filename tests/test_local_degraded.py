@@ -29,8 +29,11 @@ def test_without_cgroups_create_warns_and_everything_still_works(degraded, nexus
     assert result.returncode == 0, result
     assert "Warning: cgroups unavailable" in result.stderr
     sandbox = result.json()["sandbox_id"]
-    for language, code, expected in [("python", "print(6*7)", "42\n"), ("javascript", "console.log(6*7)", "42\n"),
-                                     ("bash", "echo $((6*7))", "42\n")]:
+    for language, code, expected in [
+        ("python", "print(6*7)", "42\n"),
+        ("javascript", "console.log(6*7)", "42\n"),
+        ("bash", "echo $((6*7))", "42\n"),
+    ]:
         assert degraded.sandbox_run(sandbox, language, code)["stdout"] == expected
 
 
@@ -91,7 +94,8 @@ def test_without_bubblewrap_the_local_provider_refuses_with_install_advice(nexus
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         "Error: bubblewrap (bwrap) is not installed, and the local provider never runs code unisolated: "
-        "install it with 'apt-get install bubblewrap' (Debian/Ubuntu) or 'dnf install bubblewrap' (Fedora)"
+        "install bubblewrap with 'apt-get install bubblewrap' (Debian/Ubuntu) or 'dnf install bubblewrap' (Fedora) "
+        "(as root, util-linux's unshare, setpriv, mount and pivot_root also do)"
     ]
     nx = SandboxManager(data_dir)
     assert nx.sandbox_list()["sandboxes"] == []

@@ -22,18 +22,16 @@ import signal
 import subprocess
 import sys
 import time
-from functools import lru_cache
 from pathlib import Path
 
 from ..agent_client import AgentClient
 from ..errors import ProviderUnavailable
 from .base import BoxSpec, Provider
 from .cgroups import Cgroups
+from .isolation import BOX_AGENT, BOX_HOME, BOX_RUN, bwrap_command, choose_isolation, make_layout, unshare_command
 
 BOX_UID = 1000
-BOX_HOME = "/home/user"
-BOX_RUN = "/run/nexus"
-BOX_AGENT = "/opt/nexus/agent.py"
+UNSHARE_UID_BASE = 200_000
 AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent.py"
 
 # Joins the box's cgroups and records its pid before bubblewrap starts, so
@@ -46,30 +44,9 @@ echo $$ > "$pidfile"
 exec "$@"
 """
 
-# Host files a box may read: what dynamic linking, TLS and time zones need.
-ETC_FILES = (
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "alternatives",
-    "ssl",
-    "ca-certificates",
-    "localtime",
-    "nsswitch.conf",
-    "mime.types",
-    "protocols",
-    "services",
-)
-TOP_LEVEL_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 MS_NOSUID, MS_NODEV = 2, 4
 MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-@lru_cache(maxsize=1)
-def _bwrap_features(bwrap: str) -> frozenset:
-    help_text = subprocess.run([bwrap, "--help"], capture_output=True, text=True).stdout
-    return frozenset(flag for flag in ("--disable-userns", "--size", "--clearenv") if flag in help_text)
 
 
 def _runtime_paths() -> list[str]:
@@ -152,15 +129,6 @@ class LocalProvider(Provider):
             )
         return notes
 
-    def _bwrap(self) -> str:
-        bwrap = shutil.which("bwrap")
-        if bwrap is None:
-            raise ProviderUnavailable(
-                "bubblewrap (bwrap) is not installed, and the local provider never runs code unisolated: "
-                "install it with 'apt-get install bubblewrap' (Debian/Ubuntu) or 'dnf install bubblewrap' (Fedora)"
-            )
-        return bwrap
-
     # ---- paths
     def box_dir(self, sandbox_id: str) -> Path:
         return self.root / sandbox_id
@@ -181,14 +149,25 @@ class LocalProvider(Provider):
 
     # ---- lifecycle
     def create(self, spec: BoxSpec) -> dict:
-        bwrap = self._bwrap()
+        isolation = choose_isolation()
+        # Under bubblewrap the box's user lives in its own user namespace;
+        # under unshare it is a real host uid, one per box, owning nothing.
+        uid = BOX_UID if isolation == "bwrap" else UNSHARE_UID_BASE + int(spec.sandbox_id.encode().hex(), 16) % 100_000
         box = self.box_dir(spec.sandbox_id)
         (box / "etc").mkdir(parents=True, exist_ok=True)
         (box / "fs").mkdir(exist_ok=True)
-        state = {"dir": str(box), "tmpfs": self._mount_box_fs(box / "fs", spec.disk_mb)}
+        owner = 0 if isolation == "bwrap" else uid
+        state = {
+            "dir": str(box),
+            "isolation": isolation,
+            "uid": uid,
+            "tmpfs": self._mount_box_fs(box / "fs", spec.disk_mb, owner),
+        }
         for sub in ("home", "run"):
             (box / "fs" / sub).mkdir(exist_ok=True)
-        self._write_etc(box / "etc")
+            if owner:
+                os.chown(box / "fs" / sub, owner, owner)
+        self._write_etc(box / "etc", uid)
         cgroups = self.cgroups
         join = []
         if cgroups is not None:
@@ -197,16 +176,15 @@ class LocalProvider(Provider):
             except OSError as exc:
                 raise ProviderUnavailable(
                     f"cannot set up the sandbox's cgroup ({exc.strerror or exc}): fix the cgroup setup, or set "
-                    "NEXUS_LOCAL_CGROUPS=off to run with per-process limits instead") from None
+                    "NEXUS_LOCAL_CGROUPS=off to run with per-process limits instead"
+                ) from None
             join = cgroups.procs_files(spec.sandbox_id)
         state["cgroups"] = cgroups is not None
         limits = {"file_size_bytes": spec.disk_mb << 20, "open_files": 1024}
         if cgroups is None:
             limits.update(nproc=spec.max_processes, address_space_bytes=spec.memory_mb << 20)
         config = {"interpreters": _interpreters(), "env": box_environment(spec.env), "limits": limits}
-        command = [
-            *self._bwrap_args(bwrap, spec, box),
-            "--",
+        agent = [
             sys.executable,
             "-I",
             "-S",
@@ -220,6 +198,12 @@ class LocalProvider(Provider):
             "--config",
             json.dumps(config),
         ]
+        layout = make_layout(box, _runtime_paths(), AGENT_SOURCE, spec.disk_mb << 20, spec.allow_internet)
+        if isolation == "bwrap":
+            command = bwrap_command(layout, uid, agent)
+        else:
+            (box / "rootfs").mkdir(exist_ok=True)
+            command = unshare_command(layout, uid, box / "rootfs", agent)
         launcher = ["setsid", "-f"] if shutil.which("setsid") else []
         with open(box / "box.log", "ab") as log:
             subprocess.run(
@@ -243,91 +227,22 @@ class LocalProvider(Provider):
                 raise ProviderUnavailable(f"the sandbox did not start: {self._log_tail(sandbox_id) or 'no output'}")
             time.sleep(0.0005)
 
-    def _mount_box_fs(self, where: Path, disk_mb: int) -> bool:
+    def _mount_box_fs(self, where: Path, disk_mb: int, owner: int) -> bool:
         """A size-limited tmpfs for everything the box can write (its home and the agent's
         socket directory), so filling it cannot fill the host's disk."""
         if os.geteuid() != 0 or os.path.ismount(where):
             return os.path.ismount(where)
-        options = f"size={disk_mb}m,mode=0755,uid=0,gid=0".encode()
+        options = f"size={disk_mb}m,mode=0755,uid={owner},gid={owner}".encode()
         return _libc.mount(b"nexus-box", str(where).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0
 
     @staticmethod
-    def _write_etc(etc: Path) -> None:
+    def _write_etc(etc: Path, uid: int) -> None:
         (etc / "passwd").write_text(
-            f"user:x:{BOX_UID}:{BOX_UID}:sandbox user:{BOX_HOME}:/bin/bash\n"
+            f"user:x:{uid}:{uid}:sandbox user:{BOX_HOME}:/bin/bash\n"
             "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         )
-        (etc / "group").write_text(f"user:x:{BOX_UID}:\nnogroup:x:65534:\n")
+        (etc / "group").write_text(f"user:x:{uid}:\nnogroup:x:65534:\n")
         (etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n")
-
-    def _bwrap_args(self, bwrap: str, spec: BoxSpec, box: Path) -> list[str]:
-        features = _bwrap_features(bwrap)
-        args = [
-            bwrap,
-            "--unshare-user",
-            "--uid",
-            str(BOX_UID),
-            "--gid",
-            str(BOX_UID),
-            "--unshare-ipc",
-            "--unshare-pid",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--hostname",
-            "sandbox",
-            "--cap-drop",
-            "ALL",
-            "--new-session",
-        ]
-        if "--disable-userns" in features:
-            args.append("--disable-userns")  # no nested user namespaces: no way back to capabilities
-        if not spec.allow_internet:
-            args.append("--unshare-net")
-        if "--clearenv" in features:
-            args.append("--clearenv")
-        args += ["--ro-bind", "/usr", "/usr"]
-        for name in TOP_LEVEL_LINKS:
-            path = Path("/") / name
-            if path.is_symlink():
-                args += ["--symlink", os.readlink(path), str(path)]
-            elif path.is_dir():
-                args += ["--ro-bind", str(path), str(path)]
-        for name in ETC_FILES + (("resolv.conf",) if spec.allow_internet else ()):
-            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-        for name in ("passwd", "group", "hosts"):
-            args += ["--ro-bind", str(box / "etc" / name), f"/etc/{name}"]
-        for path in _runtime_paths():
-            args += ["--ro-bind", path, path]
-        args += [
-            "--ro-bind",
-            str(AGENT_SOURCE),
-            BOX_AGENT,
-            "--bind",
-            str(box / "fs" / "home"),
-            BOX_HOME,
-            "--bind",
-            str(box / "fs" / "run"),
-            BOX_RUN,
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-        ]
-        if "--size" in features:
-            args += ["--size", str(spec.disk_mb << 20)]
-        args += [
-            "--tmpfs",
-            "/tmp",
-            # Everything but the home, /tmp and the agent's directory is read-only.
-            "--remount-ro",
-            "/",
-            "--chdir",
-            BOX_HOME,
-            "--setenv",
-            "HOME",
-            BOX_HOME,
-        ]
-        return args
 
     def _box_pid(self, sandbox_id: str) -> int | None:
         try:
@@ -336,7 +251,8 @@ class LocalProvider(Provider):
             return None
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if b"bwrap" not in cmdline.read().split(b"\0")[0]:
+                program = os.path.basename(cmdline.read().split(b"\0")[0])
+                if program not in (b"bwrap", b"unshare"):
                     return None  # the pid was reused by something else
         except OSError:
             return None
