@@ -14,6 +14,7 @@ import secrets
 import string
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -29,17 +30,8 @@ from .errors import (
 )
 from .providers.base import BoxSpec, Provider, provider_class
 from .store import LIVE_STATUSES, Store, to_record
+from .validation import check_code, check_path, normalize_language, positive_number, truthy, whole_number
 
-LANGUAGES = ("python", "javascript", "bash")
-LANGUAGE_ALIASES = {
-    "py": "python",
-    "python3": "python",
-    "js": "javascript",
-    "node": "javascript",
-    "nodejs": "javascript",
-    "sh": "bash",
-    "shell": "bash",
-}
 DEFAULT_TTL_MINUTES = 10
 MAX_TTL_MINUTES = 7 * 24 * 60
 DEFAULT_TIMEOUT_SECONDS = 30
@@ -52,60 +44,6 @@ AGENT_EXPIRY_GRACE_SECONDS = 60
 ID_ALPHABET = string.ascii_lowercase + string.digits
 
 OutputCallback = Callable[[str], None]
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _whole_number(value, what: str, minimum: int, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InvalidArgument(f"{what} must be a whole number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidArgument(f"{what} must be a whole number, got {value!r}") from None
-    if number != int(number) or not minimum <= number <= maximum:
-        raise InvalidArgument(f"{what} must be a whole number from {minimum} to {maximum}, got {value!r}")
-    return int(number)
-
-
-def _positive_number(value, what: str, maximum: float, unit: str = "") -> float:
-    unit_text = f" {unit}" if unit else ""
-    if isinstance(value, bool):
-        raise InvalidArgument(f"{what} must be a number{unit_text}, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"{what} must be a number{unit_text}, got {value!r}") from None
-    if not 0 < number <= maximum:
-        raise InvalidArgument(f"{what} must be more than 0 and at most {maximum:g}{unit_text}, got {value!r}")
-    return number
-
-
-def normalize_language(language) -> str:
-    name = str(language or "").strip().lower()
-    name = LANGUAGE_ALIASES.get(name, name)
-    if name not in LANGUAGES:
-        raise InvalidArgument(f"unsupported language {language!r} (choose from: {', '.join(LANGUAGES)})")
-    return name
-
-
-def _check_code(code) -> str:
-    if code is None:
-        raise InvalidArgument("no code to run")
-    if isinstance(code, bytes):
-        try:
-            code = code.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidArgument("code is not valid UTF-8") from None
-    if not isinstance(code, str):
-        raise InvalidArgument(f"code must be text, got {type(code).__name__}")
-    if "\0" in code:
-        raise InvalidArgument("code contains a NUL byte")
-    if not code.strip():
-        raise InvalidArgument("no code to run (the code is empty)")
-    return code
 
 
 class SandboxManager:
@@ -128,7 +66,7 @@ class SandboxManager:
         self.data_dir = self.store.data_dir
         self.default_provider = provider or os.environ.get("NEXUS_SANDBOX_PROVIDER") or "local"
         self.user_id = user_id or os.environ.get("NEXUS_USER") or getpass.getuser()
-        self.is_admin = _truthy(os.environ.get("NEXUS_ADMIN")) if is_admin is None else is_admin
+        self.is_admin = truthy(os.environ.get("NEXUS_ADMIN")) if is_admin is None else is_admin
         self._providers: dict[str, Provider] = {}
 
     @property
@@ -212,15 +150,15 @@ class SandboxManager:
             raise InvalidArgument("a sandbox name is required")
         if len(name) > 200 or any(ch in name for ch in "\0\n\r"):
             raise InvalidArgument("a sandbox name is one line of at most 200 characters")
-        ttl = _whole_number(ttl_minutes, "ttl_minutes", 1, MAX_TTL_MINUTES)
+        ttl = whole_number(ttl_minutes, "ttl_minutes", 1, MAX_TTL_MINUTES)
         spec = BoxSpec(
             sandbox_id="sb_" + "".join(secrets.choice(ID_ALPHABET) for _ in range(16)),
             template_id=template_id,
             allow_internet=bool(allow_internet_access),
-            memory_mb=_whole_number(memory_mb, "memory_mb", 64, 1 << 20),
-            cpus=_positive_number(cpus, "cpus", os.cpu_count() or 1),
-            max_processes=_whole_number(max_processes, "max_processes", 8, 1 << 16),
-            disk_mb=_whole_number(disk_mb, "disk_mb", 16, 1 << 22),
+            memory_mb=whole_number(memory_mb, "memory_mb", 64, 1 << 20),
+            cpus=positive_number(cpus, "cpus", os.cpu_count() or 1),
+            max_processes=whole_number(max_processes, "max_processes", 8, 1 << 16),
+            disk_mb=whole_number(disk_mb, "disk_mb", 16, 1 << 22),
             env={str(k): str(v) for k, v in (env or {}).items()},
             idle_timeout_seconds=ttl * 60 + AGENT_EXPIRY_GRACE_SECONDS,
         )
@@ -297,8 +235,8 @@ class SandboxManager:
         Raises SandboxTimeout (with ``.result``) when the run exceeds ``timeout``.
         """
         language = normalize_language(language)
-        code = _check_code(code)
-        seconds = _positive_number(timeout, "timeout", MAX_TIMEOUT_SECONDS, "seconds")
+        code = check_code(code)
+        seconds = positive_number(timeout, "timeout", MAX_TIMEOUT_SECONDS, "seconds")
         self._reap_expired()
         row = self._resolve(sandbox_id)
         self._require_active(row)
@@ -351,7 +289,9 @@ class SandboxManager:
         self._require_active(row)
         backend = self.provider(row["provider"])
         if not backend.supports_pause:
-            raise ProviderNotSupported(f"{backend.name} doesn't support pause/resume. Use stop to destroy the sandbox.")
+            raise ProviderNotSupported(
+                f"{backend.display_name} doesn't support pause/resume. Use stop to destroy the sandbox."
+            )
         backend.pause(row["sandbox_id"], row["provider_state"])
         if not self.store.update(
             row["sandbox_id"],
@@ -372,7 +312,9 @@ class SandboxManager:
             self._require_active(row)
         backend = self.provider(row["provider"])
         if not backend.supports_pause:
-            raise ProviderNotSupported(f"{backend.name} doesn't support pause/resume. Create a new sandbox instead.")
+            raise ProviderNotSupported(
+                f"{backend.display_name} doesn't support pause/resume. Create a new sandbox instead."
+            )
         backend.resume(row["sandbox_id"], row["provider_state"])
         now = time.time()
         self.store.update(
@@ -514,47 +456,42 @@ class SandboxManager:
         return row, self.provider(row["provider"])
 
     @staticmethod
-    def _check_path(path) -> str:
-        if not isinstance(path, str) or not path:
-            raise InvalidArgument("a file path is required")
-        if "\0" in path:
-            raise InvalidArgument("the file path contains a NUL byte")
-        return path
-
-    def sandbox_write_file(self, sandbox_id: str, path: str, content: bytes | str | IO[bytes]) -> dict:
-        """Write ``content`` to ``path`` (relative to the sandbox home); returns ``{"path", "size"}``."""
-        path = self._check_path(path)
-        if isinstance(content, str):
-            content = content.encode("utf-8")
-        row, backend = self._file_target(sandbox_id)
+    @contextmanager
+    def _file_errors(row: dict, verb: str, path: str):
+        """One message shape for every file operation's failures."""
         try:
-            done = backend.write_file(row["sandbox_id"], row["provider_state"], path, content)
+            yield
         except AgentUnreachable as exc:
             raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}") from None
         except SandboxError as exc:
-            raise SandboxError(f"cannot write {path}: {exc}") from None
+            raise SandboxError(f"cannot {verb} {path}: {exc}") from None
+
+    def sandbox_write_file(self, sandbox_id: str, path: str, content: bytes | str | IO[bytes]) -> dict:
+        """Write ``content`` to ``path`` (relative to the sandbox home); returns ``{"path", "size"}``."""
+        path = check_path(path)
+        if isinstance(content, str):
+            content = content.encode("utf-8")
+        row, backend = self._file_target(sandbox_id)
+        with self._file_errors(row, "write", path):
+            done = backend.write_file(row["sandbox_id"], row["provider_state"], path, content)
         return {"path": done["path"], "size": done["size"]}
 
     def sandbox_upload_file(self, sandbox_id: str, local_path: str | Path, path: str | None = None) -> dict:
         """Copy a local file into the sandbox (streamed); returns ``{"path", "size"}``."""
         local = Path(local_path)
         try:
-            with open(local, "rb") as source:
-                return self.sandbox_write_file(sandbox_id, path or local.name, source)
+            source = open(local, "rb")
         except OSError as exc:
             raise InvalidArgument(f"cannot read {local}: {exc.strerror}") from None
+        with source:
+            return self.sandbox_write_file(sandbox_id, path or local.name, source)
 
     def sandbox_read_file_chunks(self, sandbox_id: str, path: str) -> Iterator[bytes]:
         """The file's bytes in chunks, without holding it whole."""
-        path = self._check_path(path)
+        path = check_path(path)
         row, backend = self._file_target(sandbox_id)
-        chunks = backend.read_file_chunks(row["sandbox_id"], row["provider_state"], path)
-        try:
-            yield from chunks
-        except AgentUnreachable as exc:
-            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}") from None
-        except SandboxError as exc:
-            raise SandboxError(f"cannot read {path}: {exc}") from None
+        with self._file_errors(row, "read", path):
+            yield from backend.read_file_chunks(row["sandbox_id"], row["provider_state"], path)
 
     def sandbox_read_file(self, sandbox_id: str, path: str) -> bytes:
         """The whole file's bytes."""
@@ -583,11 +520,7 @@ class SandboxManager:
 
     def sandbox_list_files(self, sandbox_id: str, path: str = ".") -> list[dict]:
         """Entries of a directory: name, path, type (file/dir/symlink), size, modified."""
-        path = self._check_path(path)
+        path = check_path(path)
         row, backend = self._file_target(sandbox_id)
-        try:
+        with self._file_errors(row, "list", path):
             return backend.list_files(row["sandbox_id"], row["provider_state"], path)["entries"]
-        except AgentUnreachable as exc:
-            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}") from None
-        except SandboxError as exc:
-            raise SandboxError(f"cannot list {path}: {exc}") from None

@@ -155,3 +155,24 @@ def test_a_failed_create_leaves_no_active_row_and_no_box(nx, monkeypatch):
     [row] = nx.sandbox_list(include_stopped=True)["sandboxes"]
     assert row["status"] == "stopped"
     assert row["sandbox_id"] not in backend.box_ids()
+
+
+def test_a_provider_that_cannot_pause_says_so(data_dir, provider):
+    from nexus_jupyter import ProviderNotSupported
+    from nexus_jupyter.providers.local import LocalProvider
+
+    class NoPauseProvider(LocalProvider):
+        """The local provider as a cloud provider without pause would behave."""
+
+        name = "nopause"
+        display_name = "NoPause"
+        supports_pause = False
+
+    nx = SandboxManager(data_dir, provider="nopause")
+    nx._providers["nopause"] = NoPauseProvider(data_dir)
+    sandbox = nx.sandbox_create("no-pause")["sandbox_id"]
+    with pytest.raises(ProviderNotSupported, match=r"^NoPause doesn't support pause/resume\. Use stop"):
+        nx.sandbox_pause(sandbox)
+    assert nx.sandbox_status(sandbox)["status"] == "active"
+    assert nx.sandbox_run(sandbox, "python", "print('still running')")["stdout"] == "still running\n"
+    assert nx.sandbox_stop(sandbox)["status"] == "stopped"

@@ -43,10 +43,13 @@ class Provider(ABC):
     """One kind of box.  Every method is safe to call from any process."""
 
     name: ClassVar[str] = ""
+    display_name: ClassVar[str] = ""  # how messages name it ("E2B"); defaults to ``name``
     supports_pause: ClassVar[bool] = True
 
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
+        if not self.display_name:
+            self.display_name = self.name
 
     # ---- lifecycle (each provider's own)
     @abstractmethod
