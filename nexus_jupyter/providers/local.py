@@ -70,6 +70,15 @@ def _runtime_paths() -> list[str]:
     return paths
 
 
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _interpreters() -> dict:
     return {"python": sys.executable, "javascript": shutil.which("node") or "node", "bash": "/bin/bash"}
 
@@ -219,13 +228,21 @@ class LocalProvider(Provider):
         return state
 
     def _wait_launched(self, sandbox_id: str) -> None:
-        """Wait until the launcher has joined the cgroups (it writes box.pid right after)."""
-        pidfile = self.box_dir(sandbox_id) / "box.pid"
+        """Wait until the launcher has joined the cgroups (it writes box.pid right after),
+        then record the process's start time, so a reused pid is never taken for the box."""
+        box = self.box_dir(sandbox_id)
         deadline = time.monotonic() + 10
-        while not pidfile.exists():
-            if time.monotonic() > deadline:
-                raise ProviderUnavailable(f"the sandbox did not start: {self._log_tail(sandbox_id) or 'no output'}")
-            time.sleep(0.0005)
+        while True:
+            try:
+                pid = int((box / "box.pid").read_text())
+                break
+            except (OSError, ValueError):  # not there yet, or half written
+                if time.monotonic() > deadline:
+                    tail = self._log_tail(sandbox_id) or "no output"
+                    raise ProviderUnavailable(f"the sandbox did not start: {tail}") from None
+                time.sleep(0.0005)
+        started = _start_time(pid)
+        (box / "box.started").write_text(str(started) if started is not None else "gone")
 
     def _mount_box_fs(self, where: Path, disk_mb: int, owner: int) -> bool:
         """A size-limited tmpfs for everything the box can write (its home and the agent's
@@ -245,17 +262,16 @@ class LocalProvider(Provider):
         (etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n")
 
     def _box_pid(self, sandbox_id: str) -> int | None:
+        """The pid of the box's outermost process, if it still runs."""
+        box = self.box_dir(sandbox_id)
         try:
-            pid = int((self.box_dir(sandbox_id) / "box.pid").read_text().strip())
+            pid = int((box / "box.pid").read_text())
+            recorded = (box / "box.started").read_text()
         except (OSError, ValueError):
             return None
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                program = os.path.basename(cmdline.read().split(b"\0")[0])
-                if program not in (b"bwrap", b"unshare"):
-                    return None  # the pid was reused by something else
-        except OSError:
-            return None
+        started = _start_time(pid)
+        if started is None or str(started) != recorded:
+            return None  # gone, or the pid now belongs to another process
         return pid
 
     def _process_tree(self, root: int) -> list[int]:
