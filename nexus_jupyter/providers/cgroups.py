@@ -152,10 +152,18 @@ class Cgroups:
             _write(self._dir("", box_id) / "cgroup.freeze", "1" if frozen else "0")
         else:
             _write(self._dir("freezer", box_id) / "freezer.state", "FROZEN" if frozen else "THAWED")
-        # Freezing is asynchronous: wait until every task has stopped (or run again).
+        # Freezing is asynchronous: wait until every task has stopped (or runs again).
         deadline = time.monotonic() + 5
-        while self.is_frozen(box_id) != frozen and time.monotonic() < deadline:
+        while self._freezer_state(box_id) != ("FROZEN" if frozen else "THAWED") and time.monotonic() < deadline:
             time.sleep(0.001)
+
+    def _freezer_state(self, box_id: str) -> str:
+        try:
+            if self.version == 2:
+                return "FROZEN" if "frozen 1" in _read(self._dir("", box_id) / "cgroup.events") else "THAWED"
+            return _read(self._dir("freezer", box_id) / "freezer.state").strip()
+        except FileNotFoundError:
+            return "THAWED"
 
     def oom_kills(self, box_id: str) -> int:
         name = "memory.events" if self.version == 2 else "memory.oom_control"
@@ -175,8 +183,14 @@ class Cgroups:
         kill_file = self._dir("", box_id) / "cgroup.kill"
         if self.version == 2 and kill_file.exists():
             _write(kill_file, "1")
-        else:
-            # Frozen processes cannot fork between our reading the list and the kill.
+            deadline = time.monotonic() + 10
+            while self.pids(box_id) and time.monotonic() < deadline:
+                time.sleep(0.002)
+            return
+        # Frozen processes cannot fork between our reading the list and the
+        # kill; a round is repeated in case one was caught mid-fork anyway.
+        deadline = time.monotonic() + 10
+        while self.pids(box_id) and time.monotonic() < deadline:
             self.freeze(box_id)
             for pid in self.pids(box_id):
                 try:
@@ -184,9 +198,9 @@ class Cgroups:
                 except ProcessLookupError:
                     pass
             self.thaw(box_id)
-        deadline = time.monotonic() + 10
-        while self.pids(box_id) and time.monotonic() < deadline:
-            time.sleep(0.002)
+            settle = time.monotonic() + 0.5
+            while self.pids(box_id) and time.monotonic() < settle:
+                time.sleep(0.002)
 
     def remove(self, box_id: str) -> None:
         controllers = [""] if self.version == 2 else V1_CONTROLLERS
