@@ -63,8 +63,12 @@ class Config:
                 self.workdir = value
             elif flag == "--idle-timeout":
                 self.idle_timeout = float(value)
-            elif flag == "--config":
-                extra = json.loads(value)
+            elif flag == "--config-file":
+                # A file, not argv: environment values must not show in `ps`
+                # or `docker inspect`.  Read once, then removed.
+                with open(value) as config_file:
+                    extra = json.load(config_file)
+                os.unlink(value)
                 self.interpreters.update(extra.get("interpreters", {}))
                 self.env = extra.get("env", {})
                 self.limits = extra.get("limits", {})
@@ -291,6 +295,7 @@ class Run:
 
     def execute(self):
         LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        oom_kills_before = _oom_kills()
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         os.set_blocking(wake_r, False)
@@ -363,6 +368,7 @@ class Run:
                 "execution_time": round(ended - started, 4),
                 "timed_out": outcome == "timeout",
                 "truncated": any(stream.dropped for stream in self.streams.values()),
+                "oom_killed": _oom_kills() > oom_kills_before,
             }
         )
 
@@ -400,6 +406,24 @@ def _apply_limits(limits, timeout):
             adj.write("1000")  # the OOM killer takes the code before the agent
     except OSError:
         pass
+
+
+# Where the box can see its own memory cgroup (a container can), the OOM
+# killer's count tells a memory kill from any other SIGKILL.
+OOM_COUNTERS = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
+
+
+def _oom_kills():
+    for path in OOM_COUNTERS:
+        try:
+            with open(path) as counters:
+                for line in counters:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return 0
 
 
 def _children_map():

@@ -22,6 +22,29 @@ from ..agent_client import AgentClient
 from ..errors import InvalidArgument, ProviderNotSupported
 
 OutputCallback = Callable[[str], None]
+OOM_NOTE = "[nexus: a process was killed: the sandbox ran out of memory]\n"
+BOX_AGENT = "/opt/nexus/agent.py"
+BOX_RUN = "/run/nexus"
+AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent.py"
+
+
+def agent_command(python: str, idle_timeout_seconds: float, workdir: str = "/home/user") -> list[str]:
+    """How a box starts its agent: the agent file mounted at BOX_AGENT, its config
+    written to ``config.json`` in the socket directory beforehand."""
+    return [
+        python,
+        "-I",
+        "-S",
+        BOX_AGENT,
+        "--socket",
+        f"{BOX_RUN}/agent.sock",
+        "--workdir",
+        workdir,
+        "--idle-timeout",
+        str(idle_timeout_seconds),
+        "--config-file",
+        f"{BOX_RUN}/config.json",
+    ]
 
 
 @dataclass
@@ -97,8 +120,10 @@ class Provider(ABC):
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> dict:
-        """Run code; returns stdout, stderr, exit_code, execution_time, timed_out."""
-        return self.agent(sandbox_id, state).run(
+        """Run code; returns stdout, stderr, exit_code, execution_time, timed_out, oom_killed."""
+        result = self._run(
+            sandbox_id,
+            state,
             language,
             code,
             timeout,
@@ -107,6 +132,14 @@ class Provider(ABC):
             on_stdout=on_stdout,
             on_stderr=on_stderr,
         )
+        if result.get("oom_killed"):
+            result["stderr"] += OOM_NOTE
+            if on_stderr is not None:
+                on_stderr(OOM_NOTE)
+        return result
+
+    def _run(self, sandbox_id: str, state: dict, language: str, code: str, timeout: float, **kwargs) -> dict:
+        return self.agent(sandbox_id, state).run(language, code, timeout, **kwargs)
 
     def touch(self, sandbox_id: str, state: dict, idle_timeout_seconds: float) -> None:
         """Tell the box it was used (its own idle clock restarts)."""

@@ -17,10 +17,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import ProviderUnavailable
+from .base import BOX_AGENT, BOX_RUN
 
 BOX_HOME = "/home/user"
-BOX_RUN = "/run/nexus"
-BOX_AGENT = "/opt/nexus/agent.py"
 # Host files a box may read: what dynamic linking, TLS and time zones need.
 ETC_FILES = (
     "ld.so.cache",

@@ -26,13 +26,12 @@ from pathlib import Path
 
 from ..agent_client import AgentClient
 from ..errors import ProviderUnavailable
-from .base import BoxSpec, Provider
+from .base import AGENT_SOURCE, BoxSpec, Provider, agent_command
 from .cgroups import Cgroups
-from .isolation import BOX_AGENT, BOX_HOME, BOX_RUN, bwrap_command, choose_isolation, make_layout, unshare_command
+from .isolation import BOX_HOME, bwrap_command, choose_isolation, make_layout, unshare_command
 
 BOX_UID = 1000
 UNSHARE_UID_BASE = 200_000
-AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent.py"
 
 # Joins the box's cgroups and records its pid before bubblewrap starts, so
 # no process of the box ever runs outside its limits.
@@ -193,20 +192,12 @@ class LocalProvider(Provider):
         if cgroups is None:
             limits.update(nproc=spec.max_processes, address_space_bytes=spec.memory_mb << 20)
         config = {"interpreters": _interpreters(), "env": box_environment(spec.env), "limits": limits}
-        agent = [
-            sys.executable,
-            "-I",
-            "-S",
-            BOX_AGENT,
-            "--socket",
-            f"{BOX_RUN}/agent.sock",
-            "--workdir",
-            BOX_HOME,
-            "--idle-timeout",
-            str(spec.idle_timeout_seconds),
-            "--config",
-            json.dumps(config),
-        ]
+        config_file = box / "fs" / "run" / "config.json"
+        config_file.write_text(json.dumps(config))
+        config_file.chmod(0o600)
+        if owner:
+            os.chown(config_file, owner, owner)
+        agent = agent_command(sys.executable, spec.idle_timeout_seconds)
         layout = make_layout(box, _runtime_paths(), AGENT_SOURCE, spec.disk_mb << 20, spec.allow_internet)
         if isolation == "bwrap":
             command = bwrap_command(layout, uid, agent)
@@ -358,14 +349,11 @@ class LocalProvider(Provider):
         return ids
 
     # ---- runs: say when the kernel's OOM killer ended one
-    def run(self, sandbox_id: str, state: dict, language: str, code: str, timeout: float, **kwargs) -> dict:
+    def _run(self, sandbox_id: str, state: dict, language: str, code: str, timeout: float, **kwargs) -> dict:
+        # The box cannot see its cgroup: the host reads the OOM killer's count.
         cgroups = self.cgroups if state.get("cgroups") else None
         oom_before = cgroups.oom_kills(sandbox_id) if cgroups is not None else 0
-        result = super().run(sandbox_id, state, language, code, timeout, **kwargs)
+        result = super()._run(sandbox_id, state, language, code, timeout, **kwargs)
         if cgroups is not None and cgroups.oom_kills(sandbox_id) > oom_before:
-            note = "[nexus: a process was killed: the sandbox ran out of memory]\n"
-            result["stderr"] += note
-            on_stderr = kwargs.get("on_stderr")
-            if on_stderr is not None:
-                on_stderr(note)
+            result["oom_killed"] = True
         return result
