@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite: real bubblewrap boxes, real SQLite, the real CLI.
-# Installs what it needs first (idempotent), so it works on a fresh clone.
+# The whole test suite: real bubblewrap boxes, a real Docker engine, real
+# SQLite, the real CLI.  Installs and starts what it needs first (idempotent),
+# so it works on a fresh clone.
 #   ./test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")"
 ./setup.sh --no-demo
+scripts/ensure-docker.sh
 PYTHON=${PYTHON:-python3}
+export NEXUS_TEST_PROVIDERS=${NEXUS_TEST_PROVIDERS:-local,docker}
 exec "$PYTHON" -m pytest -q -p no:cacheprovider "$@"

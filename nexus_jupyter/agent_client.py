@@ -41,7 +41,10 @@ class AgentClient:
         delay = 0.001
         # A socket path is limited to 108 bytes; going through an O_PATH
         # descriptor of its directory keeps deep data dirs working.
-        dir_fd = os.open(self.socket_path.parent, os.O_PATH)
+        try:
+            dir_fd = os.open(self.socket_path.parent, os.O_PATH)
+        except FileNotFoundError as exc:
+            raise AgentUnreachable("the sandbox's state directory is gone") from exc
         try:
             address = f"/proc/self/fd/{dir_fd}/{self.socket_path.name}"
             while True:
@@ -57,8 +60,6 @@ class AgentClient:
                         raise self._unreachable("the sandbox is no longer running") from exc
                     time.sleep(delay)
                     delay = min(delay * 2, 0.05)
-        except FileNotFoundError as exc:
-            raise AgentUnreachable("the sandbox's state directory is gone") from exc
         finally:
             os.close(dir_fd)
 

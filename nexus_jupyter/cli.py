@@ -316,6 +316,30 @@ def files(sandbox_id, path, as_json):
         click.echo(f"{entry['size']:>12}  {entry['name']}{suffix}")
 
 
+@sandbox.group()
+def template() -> None:
+    """Sandbox images for the Docker provider."""
+
+
+@template.command("build")
+@click.option("--tag", default=None, help="Image name (default: nexus-jupyter-sandbox:latest)")
+@click.option("--base", default=None, help="Base image, made with debootstrap if missing (nexus-debian:bookworm)")
+@click.option("--mirror", default=None, help="Debian mirror for debootstrap (http://deb.debian.org/debian)")
+@click.option("--rebuild-base", is_flag=True, help="Make the base image again even if it exists")
+def template_build(tag, base, mirror, rebuild_base):
+    """Build the default sandbox image, offline from any image registry."""
+    from .providers.docker import DockerProvider
+    from .templates import BASE_IMAGE, DEFAULT_MIRROR, DEFAULT_TAG, build_template
+
+    client = DockerProvider(_manager().data_dir).client
+    started = time.monotonic()
+
+    def progress(line: str) -> None:
+        click.echo(f"[{time.monotonic() - started:6.1f}s] {line}")
+
+    build_template(client, tag or DEFAULT_TAG, base or BASE_IMAGE, mirror or DEFAULT_MIRROR, rebuild_base, progress)
+
+
 def cli(argv: list[str] | None = None) -> int:
     """Entry point: runs click without its own error handling so every error is one line."""
     try:

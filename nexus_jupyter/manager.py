@@ -161,6 +161,7 @@ class SandboxManager:
             disk_mb=whole_number(disk_mb, "disk_mb", 16, 1 << 22),
             env={str(k): str(v) for k, v in (env or {}).items()},
             idle_timeout_seconds=ttl * 60 + AGENT_EXPIRY_GRACE_SECONDS,
+            owner=self.user_id,
         )
         provider_name = provider or self.default_provider
         backend = self.provider(provider_name)

@@ -28,6 +28,26 @@ BOX_RUN = "/run/nexus"
 AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent.py"
 
 
+def box_environment(path: str, extra: dict | None = None) -> dict:
+    """The environment every run starts with: nothing from the host's, plus the sandbox's own."""
+    env = {
+        "PATH": path,
+        "HOME": "/home/user",
+        "USER": "user",
+        "LOGNAME": "user",
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TERM": "dumb",
+        "TMPDIR": "/tmp",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "MPLBACKEND": "Agg",
+    }
+    env.update(extra or {})
+    return env
+
+
 def agent_command(python: str, idle_timeout_seconds: float, workdir: str = "/home/user") -> list[str]:
     """How a box starts its agent: the agent file mounted at BOX_AGENT, its config
     written to ``config.json`` in the socket directory beforehand."""
@@ -59,6 +79,7 @@ class BoxSpec:
     max_processes: int = 256
     disk_mb: int = 512
     env: dict = field(default_factory=dict)
+    owner: str = ""
     idle_timeout_seconds: float = 0.0
 
 
@@ -157,6 +178,7 @@ class Provider(ABC):
 
 BUILTIN_PROVIDERS = {
     "local": "nexus_jupyter.providers.local:LocalProvider",
+    "docker": "nexus_jupyter.providers.docker:DockerProvider",
 }
 ENTRY_POINT_GROUP = "nexus_jupyter.providers"
 

@@ -26,11 +26,12 @@ from pathlib import Path
 
 from ..agent_client import AgentClient
 from ..errors import ProviderUnavailable
-from .base import AGENT_SOURCE, BoxSpec, Provider, agent_command
+from .base import AGENT_SOURCE, BoxSpec, Provider, agent_command, box_environment
 from .cgroups import Cgroups
 from .isolation import BOX_HOME, bwrap_command, choose_isolation, make_layout, unshare_command
 
 BOX_UID = 1000
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 UNSHARE_UID_BASE = 200_000
 
 # Joins the box's cgroups and records its pid before bubblewrap starts, so
@@ -82,26 +83,6 @@ def _interpreters() -> dict:
     return {"python": sys.executable, "javascript": shutil.which("node") or "node", "bash": "/bin/bash"}
 
 
-def box_environment(extra: dict | None = None) -> dict:
-    """The environment every run starts with (nothing from the host's)."""
-    env = {
-        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": BOX_HOME,
-        "USER": "user",
-        "LOGNAME": "user",
-        "SHELL": "/bin/bash",
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "TERM": "dumb",
-        "TMPDIR": "/tmp",
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "MPLBACKEND": "Agg",
-    }
-    env.update(extra or {})
-    return env
-
-
 class LocalProvider(Provider):
     """Boxes made with bubblewrap and cgroups on this machine."""
 
@@ -110,7 +91,7 @@ class LocalProvider(Provider):
 
     def __init__(self, data_dir: Path):
         super().__init__(data_dir)
-        self.root = self.data_dir / "sandboxes"
+        self.root = self.data_dir / "boxes" / self.name
         self._cgroups: Cgroups | None = None
         self._cgroup_reason: str | None = None
 
@@ -191,7 +172,11 @@ class LocalProvider(Provider):
         limits = {"file_size_bytes": spec.disk_mb << 20, "open_files": 1024}
         if cgroups is None:
             limits.update(nproc=spec.max_processes, address_space_bytes=spec.memory_mb << 20)
-        config = {"interpreters": _interpreters(), "env": box_environment(spec.env), "limits": limits}
+        config = {
+            "interpreters": _interpreters(),
+            "env": box_environment(f"{Path(sys.executable).parent}:{SYSTEM_PATH}", spec.env),
+            "limits": limits,
+        }
         config_file = box / "fs" / "run" / "config.json"
         config_file.write_text(json.dumps(config))
         config_file.chmod(0o600)

@@ -1,0 +1,141 @@
+"""What only the Docker provider has: hardened containers, resource options, the engine's errors.
+
+The conformance and isolation suites also run on Docker when
+NEXUS_TEST_PROVIDERS names it (test.sh starts an engine and builds the image).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import PROVIDERS
+from nexus_jupyter import ProviderUnavailable, SandboxManager
+
+pytestmark = pytest.mark.skipif(
+    "docker" not in PROVIDERS, reason="NEXUS_TEST_PROVIDERS does not name docker (./test.sh always does)"
+)
+
+
+@pytest.fixture
+def docker_nx(data_dir) -> SandboxManager:
+    return SandboxManager(data_dir, provider="docker")
+
+
+def container_of(nx: SandboxManager, sandbox_id: str):
+    backend = nx.provider("docker")
+    return backend.client.containers.get(nx.store.get(sandbox_id)["provider_state"]["container_id"])
+
+
+def test_containers_are_hardened_by_default(docker_nx):
+    record = docker_nx.sandbox_create("hardened")
+    container = container_of(docker_nx, record["sandbox_id"])
+    host = container.attrs["HostConfig"]
+    assert host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert container.attrs["Config"]["User"] == "1000:1000"
+    assert host["Init"] is True
+    assert host["PidsLimit"] == 256
+    assert host["Memory"] == host["MemorySwap"] == 1024 << 20
+    assert host["NanoCpus"] == 1_000_000_000
+    assert host["NetworkMode"] == "none"
+    assert host["ReadonlyRootfs"] is True
+    assert set(host["Tmpfs"]) == {"/tmp", "/home/user"}
+    assert container.labels["nexus.sandbox_id"] == record["sandbox_id"]
+    assert container.labels["nexus.user_id"] == record["user_id"]
+
+
+def test_resource_options_and_env_from_the_cli(nexus, data_dir):
+    result = nexus(
+        "sandbox",
+        "create",
+        "sized",
+        "--provider",
+        "docker",
+        "--cpus",
+        "0.5",
+        "--memory",
+        "256",
+        "--env",
+        "API_TOKEN=s3cret-value",
+        "--json",
+    )
+    assert result.returncode == 0, result
+    sandbox = result.json()["sandbox_id"]
+    nx = SandboxManager(data_dir)
+    container = container_of(nx, sandbox)
+    assert container.attrs["HostConfig"]["NanoCpus"] == 500_000_000
+    assert container.attrs["HostConfig"]["Memory"] == 256 << 20
+    run = nexus("sandbox", "run", sandbox, "-l", "bash", "-c", "echo $API_TOKEN")
+    assert run.stdout == "s3cret-value\n"
+    # the value is never shown back: not by status or list, not in the container's definition
+    shown = nexus("sandbox", "status", sandbox, "--json").stdout + nexus("sandbox", "list", "--json").stdout
+    assert "s3cret-value" not in shown
+    assert "s3cret-value" not in str(container.attrs["Config"])
+
+
+def test_allow_internet_attaches_a_network(docker_nx):
+    online = docker_nx.sandbox_create("online", allow_internet_access=True)["sandbox_id"]
+    offline = docker_nx.sandbox_create("offline")["sandbox_id"]
+    assert container_of(docker_nx, online).attrs["HostConfig"]["NetworkMode"] == "bridge"
+    # A default route exists only where a network is attached (no traffic is sent).
+    code = "print(any(line.split()[1] == '00000000' for line in open('/proc/net/route').readlines()[1:]))"
+    assert docker_nx.sandbox_run(online, "python", code)["stdout"] == "True\n"
+    assert docker_nx.sandbox_run(offline, "python", code)["stdout"] == "False\n"
+
+
+def test_a_container_removed_behind_our_back_shows_as_stopped(docker_nx):
+    sandbox = docker_nx.sandbox_create("doomed")["sandbox_id"]
+    container_of(docker_nx, sandbox).remove(force=True)
+    [entry] = docker_nx.sandbox_list(verify_status=True)["sandboxes"]
+    assert (entry["status"], entry["verified"], entry["provider_status"]) == ("active", True, "stopped")
+    assert docker_nx.sandbox_status(sandbox)["status"] == "stopped"
+
+
+def test_stop_removes_the_container_at_once(docker_nx):
+    sandbox = docker_nx.sandbox_create("quick-stop")["sandbox_id"]
+    container = container_of(docker_nx, sandbox)
+    started = time.monotonic()
+    docker_nx.sandbox_stop(sandbox)
+    assert time.monotonic() - started < 5  # no 10 s graceful stop
+    from docker.errors import NotFound
+
+    with pytest.raises(NotFound):
+        container.reload()
+
+
+def test_local_and_docker_sandboxes_share_one_store_without_harm(data_dir):
+    local = SandboxManager(data_dir, provider="local")
+    on_local = local.sandbox_create("on-local")["sandbox_id"]
+    on_docker = local.sandbox_create("on-docker", provider="docker")["sandbox_id"]
+    local.sandbox_pause(on_docker)
+    report = local.reap()
+    assert report["orphans"] == [] and report["vanished"] == []
+    assert {s["provider"] for s in local.sandbox_list(verify_status=True)["sandboxes"]} == {"local", "docker"}
+    local.sandbox_resume(on_docker)
+    assert local.sandbox_run(on_local, "bash", "echo local")["stdout"] == "local\n"
+    assert local.sandbox_run(on_docker, "bash", "echo docker")["stdout"] == "docker\n"
+
+
+def test_an_unreachable_engine_is_one_clear_line(nexus):
+    result = nexus(
+        "sandbox", "create", "x", "--provider", "docker", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    )
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: cannot reach the Docker engine at unix:///nonexistent/docker.sock")
+    assert "DOCKER_HOST" in line and "dockerd" in line
+
+
+def test_a_missing_image_says_how_to_build_it(docker_nx):
+    with pytest.raises(ProviderUnavailable, match="nexus sandbox template build"):
+        docker_nx.sandbox_create("x", template_id="nexus-no-such-image:1")
+    assert docker_nx.sandbox_list()["sandboxes"] == []
+
+
+def test_template_build_reports_progress(nexus):
+    # The image already exists (test.sh built it): this checks the command and its cache.
+    result = nexus("sandbox", "template", "build", timeout=600)
+    assert result.returncode == 0, result
+    assert "Step 1/" in result.stdout and "built nexus-jupyter-sandbox:latest" in result.stdout
