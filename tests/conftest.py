@@ -22,10 +22,17 @@ def _unshare_available() -> bool:
     return os.geteuid() == 0 and all(shutil.which(tool) for tool in ("unshare", "setpriv", "mount", "pivot_root"))
 
 
+# Suites about one provider run once, with that provider.
+SINGLE_PROVIDER_SUITES = {"test_local": "local", "test_local_degraded": "local", "test_docker": "docker"}
+
+
 def pytest_generate_tests(metafunc):
     if "provider" in metafunc.fixturenames:
+        module = metafunc.module.__name__
         variants = list(PROVIDERS)
-        if metafunc.module.__name__ in ISOLATION_SUITES and "local" in PROVIDERS and _unshare_available():
+        if module in SINGLE_PROVIDER_SUITES:
+            variants = [SINGLE_PROVIDER_SUITES[module]]
+        elif module in ISOLATION_SUITES and "local" in PROVIDERS and _unshare_available():
             variants.append("local+unshare")
         metafunc.parametrize("provider", variants, indirect=True)
 

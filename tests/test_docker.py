@@ -75,14 +75,9 @@ def test_resource_options_and_env_from_the_cli(nexus, data_dir):
     assert "s3cret-value" not in str(container.attrs["Config"])
 
 
-def test_allow_internet_attaches_a_network(docker_nx):
+def test_allow_internet_attaches_the_bridge_network(docker_nx):
     online = docker_nx.sandbox_create("online", allow_internet_access=True)["sandbox_id"]
-    offline = docker_nx.sandbox_create("offline")["sandbox_id"]
     assert container_of(docker_nx, online).attrs["HostConfig"]["NetworkMode"] == "bridge"
-    # A default route exists only where a network is attached (no traffic is sent).
-    code = "print(any(line.split()[1] == '00000000' for line in open('/proc/net/route').readlines()[1:]))"
-    assert docker_nx.sandbox_run(online, "python", code)["stdout"] == "True\n"
-    assert docker_nx.sandbox_run(offline, "python", code)["stdout"] == "False\n"
 
 
 def test_a_container_removed_behind_our_back_shows_as_stopped(docker_nx):
