@@ -578,8 +578,57 @@ def _read_all(fd):
     return b"".join(chunks).decode()
 
 
+def relay(socket_path):
+    """Join standard input and output to the agent's socket: how a host reaches a
+    box on a remote Docker engine (through ``docker exec``), where it cannot
+    reach the socket itself."""
+    deadline = time.monotonic() + 15
+    while True:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(socket_path)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            conn.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # the agent is still starting
+    selector = selectors.DefaultSelector()
+    selector.register(0, selectors.EVENT_READ)
+    selector.register(conn, selectors.EVENT_READ)
+    stdin_open = True
+    while True:
+        for key, _ in selector.select():
+            if key.fd == 0:
+                data = os.read(0, READ_CHUNK)
+                if data:
+                    conn.sendall(data)
+                else:
+                    # The host hung up: so does the relay (a run in progress is cancelled).
+                    selector.unregister(0)
+                    stdin_open = False
+                    conn.shutdown(socket.SHUT_WR)
+            else:
+                data = conn.recv(READ_CHUNK)
+                if not data:
+                    return
+                _write_all(1, data)
+        if not stdin_open and not selector.get_map():
+            return
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def main(argv=None):
-    config = Config(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--relay"]:
+        relay(args[1])
+        return
+    config = Config(args)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     serve(config)
 

@@ -24,11 +24,17 @@ class AgentClient:
     """Sends requests to one box's agent.  Holds no state between requests."""
 
     def __init__(
-        self, socket_path: Path, is_alive: Callable[[], bool] | None = None, explain: Callable[[], str] | None = None
+        self,
+        socket_path: Path,
+        is_alive: Callable[[], bool] | None = None,
+        explain: Callable[[], str] | None = None,
+        connect: Callable[[float], socket.socket] | None = None,
     ):
         self.socket_path = Path(socket_path)
         self.is_alive = is_alive
         self.explain = explain
+        # Another way to reach the agent (a relay through `docker exec`) instead of its socket.
+        self.connect = connect
 
     def _unreachable(self, message: str) -> AgentUnreachable:
         detail = self.explain() if self.explain is not None else ""
@@ -66,7 +72,7 @@ class AgentClient:
     def _events(
         self, request: dict, wait: float = 15.0, timeout: float | None = None, body: Iterator[dict] | None = None
     ) -> Iterator[dict]:
-        sock = self._connect(wait)
+        sock = self.connect(wait) if self.connect is not None else self._connect(wait)
         try:
             sock.settimeout(timeout)
             stream = sock.makefile("rwb", buffering=1 << 16)
@@ -78,7 +84,10 @@ class AgentClient:
                 line = stream.readline()
                 if not line:
                     raise AgentUnreachable("the sandbox's agent closed the connection")
-                event = json.loads(line)
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    raise self._unreachable(f"the sandbox's agent answered garbage: {line[:80]!r}") from None
                 if event["ev"] == "error":
                     raise SandboxError(event.get("message", "agent error"))
                 yield event

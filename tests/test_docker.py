@@ -6,12 +6,15 @@ NEXUS_TEST_PROVIDERS names it (test.sh starts an engine and builds the image).
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 
 import pytest
 
 from conftest import PROVIDERS
-from nexus_jupyter import ProviderUnavailable, SandboxManager
+from nexus_jupyter import ProviderUnavailable, SandboxManager, SandboxTimeout
 
 pytestmark = pytest.mark.skipif(
     "docker" not in PROVIDERS, reason="NEXUS_TEST_PROVIDERS does not name docker (./test.sh always does)"
@@ -134,3 +137,61 @@ def test_template_build_reports_progress(nexus):
     result = nexus("sandbox", "template", "build", timeout=600)
     assert result.returncode == 0, result
     assert "Step 1/" in result.stdout and "built nexus-jupyter-sandbox:latest" in result.stdout
+
+
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            target.sendall(data)
+        target.shutdown(socket.SHUT_WR)  # pass half-closes on: docker's exec relies on them
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def tcp_engine(monkeypatch):
+    """The local engine reached over TCP, as a remote one is: a loopback proxy to its socket."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    engine_socket = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://")
+
+    def serve():
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            engine = socket.socket(socket.AF_UNIX)
+            engine.connect(engine_socket)
+            threading.Thread(target=_pump, args=(client, engine), daemon=True).start()
+            threading.Thread(target=_pump, args=(engine, client), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.delenv("NEXUS_DOCKER_TRANSPORT", raising=False)
+    yield
+    listener.close()
+
+
+def test_a_remote_engine_works_through_docker_exec(tcp_engine, data_dir, tmp_path):
+    nx = SandboxManager(data_dir, provider="docker")
+    sandbox = nx.sandbox_create("remote")["sandbox_id"]
+    # Nothing of the box is on this machine: the agent travels in a volume, requests through exec.
+    assert nx.store.get(sandbox)["provider_state"]["transport"] == "exec"
+    assert nx.sandbox_run(sandbox, "python", "print(6 * 7)")["stdout"] == "42\n"
+    assert nx.sandbox_run(sandbox, "javascript", "console.log(await Promise.resolve('js'))")["stdout"] == "js\n"
+    streamed = []
+    nx.sandbox_run(sandbox, "bash", "for i in 1 2; do echo $i; sleep 0.2; done", on_stdout=streamed.append)
+    assert "".join(streamed) == "1\n2\n"
+    payload = os.urandom(300_000)
+    nx.sandbox_write_file(sandbox, "blob.bin", payload)
+    assert nx.sandbox_read_file(sandbox, "blob.bin") == payload
+    with pytest.raises(SandboxTimeout):
+        nx.sandbox_run(sandbox, "bash", "sleep 30", timeout=1)
+    nx.sandbox_pause(sandbox)
+    assert nx.sandbox_list(verify_status=True)["sandboxes"][0]["provider_status"] == "paused"
+    nx.sandbox_resume(sandbox)
+    assert nx.sandbox_run(sandbox, "bash", "echo back")["stdout"] == "back\n"
+    nx.sandbox_stop(sandbox)
+    assert sandbox not in nx.provider("docker").box_ids()  # container and volume are gone

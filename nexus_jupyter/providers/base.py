@@ -48,14 +48,16 @@ def box_environment(path: str, extra: dict | None = None) -> dict:
     return env
 
 
-def agent_command(python: str, idle_timeout_seconds: float, workdir: str = "/home/user") -> list[str]:
+def agent_command(
+    python: str, idle_timeout_seconds: float, workdir: str = "/home/user", agent: str = BOX_AGENT
+) -> list[str]:
     """How a box starts its agent: the agent file mounted at BOX_AGENT, its config
     written to ``config.json`` in the socket directory beforehand."""
     return [
         python,
         "-I",
         "-S",
-        BOX_AGENT,
+        agent,
         "--socket",
         f"{BOX_RUN}/agent.sock",
         "--workdir",

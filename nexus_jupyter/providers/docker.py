@@ -12,16 +12,20 @@ data directory, ``nexus.sandbox_id`` the sandbox), never from memory.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 from ..agent_client import AgentClient
 from ..errors import ProviderUnavailable, SandboxError
 from .base import AGENT_SOURCE, BOX_AGENT, BOX_RUN, BoxSpec, Provider, agent_command, box_environment
+from .docker_relay import connect_through_exec
 
 DEFAULT_IMAGE = "nexus-jupyter-sandbox:latest"
+EXEC_AGENT = f"{BOX_RUN}/agent.py"  # where the exec transport puts the agent (in the box's volume)
 BOX_UID = 1000
 BOX_HOME = "/home/user"
 LABEL_STORE = "nexus.store"
@@ -29,6 +33,34 @@ LABEL_SANDBOX = "nexus.sandbox_id"
 LABEL_USER = "nexus.user_id"
 # Docker's states, in the provider's words.
 STATUS = {"running": "active", "created": "active", "restarting": "active", "paused": "paused"}
+
+
+def choose_transport() -> str:
+    """``socket`` (the agent's socket bind-mounted from this machine) for a local engine,
+    ``exec`` (a relay through docker exec) for a remote one; NEXUS_DOCKER_TRANSPORT overrides."""
+    forced = os.environ.get("NEXUS_DOCKER_TRANSPORT", "").strip().lower()
+    if forced in ("socket", "exec"):
+        return forced
+    if forced:
+        raise ProviderUnavailable(f"NEXUS_DOCKER_TRANSPORT must be socket or exec, not {forced!r}")
+    return "socket" if engine_address().startswith("unix://") else "exec"
+
+
+def _agent_archive(config: str) -> bytes:
+    """A tar of /run/nexus for the container: the agent, its config, a directory its user owns."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        directory = tarfile.TarInfo("nexus")
+        directory.type, directory.mode, directory.uid, directory.gid = tarfile.DIRTYPE, 0o755, BOX_UID, BOX_UID
+        tar.addfile(directory)
+        for name, data, mode, owner in (
+            ("agent.py", AGENT_SOURCE.read_bytes(), 0o444, 0),
+            ("config.json", config.encode(), 0o600, BOX_UID),
+        ):
+            member = tarfile.TarInfo(f"nexus/{name}")
+            member.size, member.mode, member.uid, member.gid = len(data), mode, owner, owner
+            tar.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def store_label(data_dir: Path) -> str:
@@ -90,9 +122,15 @@ class DockerProvider(Provider):
         return self.root / sandbox_id
 
     def agent(self, sandbox_id: str, state: dict) -> AgentClient:
+        connect = None
+        if state.get("transport") == "exec":
+            container_id = state.get("container_id") or self._name(sandbox_id)
+            relay = ["python3", "-I", "-S", EXEC_AGENT, "--relay", f"{BOX_RUN}/agent.sock"]
+            connect = lambda wait: connect_through_exec(self.client, container_id, relay)  # noqa: E731
         return AgentClient(
             self.box_dir(sandbox_id) / "run" / "agent.sock",
             is_alive=lambda: self.inspect(sandbox_id, state) != "stopped",
+            connect=connect,
         )
 
     # ---- lifecycle
@@ -108,33 +146,32 @@ class DockerProvider(Provider):
             raise ProviderUnavailable(
                 f"the image {image} is not on the Docker engine: build it with 'nexus sandbox template build'"
             ) from None
-        run_dir = self.box_dir(spec.sandbox_id) / "run"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # The container's user must be able to create the agent's socket here.
-        if os.geteuid() == 0:
-            os.chown(run_dir, BOX_UID, BOX_UID)
+        transport = choose_transport()
+        config = json.dumps(
+            {
+                "interpreters": {"python": "python3", "javascript": "node", "bash": "/bin/bash"},
+                "env": box_environment("/usr/local/bin:/usr/bin:/bin", spec.env),
+                "limits": {"file_size_bytes": spec.disk_mb << 20, "open_files": 1024},
+            }
+        )
+        labels = {LABEL_STORE: self.store, LABEL_SANDBOX: spec.sandbox_id, LABEL_USER: spec.owner}
+        if transport == "socket":
+            volumes = self._host_run_dir(spec.sandbox_id, config)
+            command = agent_command("python3", spec.idle_timeout_seconds, BOX_HOME)
         else:
-            run_dir.chmod(0o777)
-        config = {
-            "interpreters": {"python": "python3", "javascript": "node", "bash": "/bin/bash"},
-            "env": box_environment("/usr/local/bin:/usr/bin:/bin", spec.env),
-            "limits": {"file_size_bytes": spec.disk_mb << 20, "open_files": 1024},
-        }
-        config_file = run_dir / "config.json"
-        config_file.write_text(json.dumps(config))
-        config_file.chmod(0o600)
-        if os.geteuid() == 0:
-            os.chown(config_file, BOX_UID, BOX_UID)
+            # The engine is elsewhere: the agent and its config travel in a volume of its own.
+            volume = client.volumes.create(name=self._name(spec.sandbox_id), labels=labels)
+            volumes = {volume.name: {"bind": "/run", "mode": "rw"}}
+            command = agent_command("python3", spec.idle_timeout_seconds, BOX_HOME, agent=EXEC_AGENT)
         memory = f"{spec.memory_mb}m"
         tmpfs_options = f"size={spec.disk_mb}m,mode=1777,nosuid,nodev"
         try:
-            container = client.containers.run(
+            container = client.containers.create(
                 image,
-                agent_command("python3", spec.idle_timeout_seconds, BOX_HOME),
-                detach=True,
+                command,
                 name=self._name(spec.sandbox_id),
                 hostname="sandbox",
-                labels={LABEL_STORE: self.store, LABEL_SANDBOX: spec.sandbox_id, LABEL_USER: spec.owner},
+                labels=labels,
                 user=f"{BOX_UID}:{BOX_UID}",
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
@@ -146,30 +183,50 @@ class DockerProvider(Provider):
                 network_mode="bridge" if spec.allow_internet else "none",
                 read_only=True,
                 tmpfs={"/tmp": tmpfs_options, BOX_HOME: f"{tmpfs_options},uid={BOX_UID},gid={BOX_UID},mode=0755"},
-                volumes={
-                    str(run_dir): {"bind": BOX_RUN, "mode": "rw"},
-                    str(AGENT_SOURCE): {"bind": BOX_AGENT, "mode": "ro"},
-                },
+                volumes=volumes,
                 working_dir=BOX_HOME,
                 environment={"HOME": BOX_HOME},
                 ipc_mode="private",
             )
+            if transport == "exec":
+                container.put_archive("/run", _agent_archive(config))
+            container.start()
         except APIError as exc:
             raise ProviderUnavailable(f"Docker could not start the sandbox: {exc.explanation or exc}") from None
-        return {"container_id": container.id, "image": image}
+        return {"container_id": container.id, "image": image, "transport": transport}
+
+    def _host_run_dir(self, sandbox_id: str, config: str) -> dict:
+        """The agent's socket directory on this machine, bind-mounted into the container."""
+        run_dir = self.box_dir(sandbox_id) / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_file = run_dir / "config.json"
+        config_file.write_text(config)
+        config_file.chmod(0o600)
+        # The container's user must be able to create the agent's socket here.
+        if os.geteuid() == 0:
+            os.chown(run_dir, BOX_UID, BOX_UID)
+            os.chown(config_file, BOX_UID, BOX_UID)
+        else:
+            run_dir.chmod(0o777)
+            config_file.chmod(0o644)
+        return {
+            str(run_dir): {"bind": BOX_RUN, "mode": "rw"},
+            str(AGENT_SOURCE): {"bind": BOX_AGENT, "mode": "ro"},
+        }
 
     def destroy(self, sandbox_id: str, state: dict) -> None:
         from docker.errors import APIError, NotFound
 
         container = self._container(sandbox_id, state)
-        if container is not None:
-            try:
+        try:
+            if container is not None:
                 container.remove(force=True)  # ephemeral: no graceful stop
-            except NotFound:
-                pass
-            except APIError as exc:
-                if "already in progress" not in str(exc):
-                    raise SandboxError(f"Docker could not remove the sandbox: {exc.explanation or exc}") from None
+            self.client.volumes.get(self._name(sandbox_id)).remove(force=True)
+        except NotFound:
+            pass
+        except APIError as exc:
+            if "already in progress" not in str(exc):
+                raise SandboxError(f"Docker could not remove the sandbox: {exc.explanation or exc}") from None
         shutil.rmtree(self.box_dir(sandbox_id), ignore_errors=True)
 
     def pause(self, sandbox_id: str, state: dict) -> None:
@@ -191,8 +248,10 @@ class DockerProvider(Provider):
         return STATUS.get(container.status, "stopped")
 
     def box_ids(self) -> set[str]:
-        containers = self.client.containers.list(all=True, filters={"label": f"{LABEL_STORE}={self.store}"})
-        ids = {c.labels.get(LABEL_SANDBOX) for c in containers} - {None}
+        mine = {"label": f"{LABEL_STORE}={self.store}"}
+        ids = {c.labels.get(LABEL_SANDBOX) for c in self.client.containers.list(all=True, filters=mine)}
+        ids |= {v.attrs.get("Labels", {}).get(LABEL_SANDBOX) for v in self.client.volumes.list(filters=mine)}
+        ids.discard(None)
         try:
             ids |= {entry.name for entry in os.scandir(self.root) if entry.is_dir()}
         except FileNotFoundError:
