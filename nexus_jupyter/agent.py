@@ -115,8 +115,17 @@ class Connection:
         self.send({"ev": "end", "pid": os.getppid()})
 
     def op_touch(self, request):
+        """Note activity; optionally set a new idle timeout and run environment.
+
+        The change is for the agent itself (this is a forked child): it goes
+        to the parent through the control pipe, one JSON line.
+        """
+        change = {}
         if "idle_timeout" in request:
-            os.write(self.control_fd, ("%f\n" % float(request["idle_timeout"])).encode())
+            change["idle_timeout"] = float(request["idle_timeout"])
+        if isinstance(request.get("env"), dict):
+            change["env"] = {str(k): str(v) for k, v in request["env"].items()}
+        _write_all(self.control_fd, (json.dumps(change) + "\n").encode())
         self.send({"ev": "end"})
 
     # ---- runs
@@ -557,8 +566,10 @@ def serve(config):
                 conn.close()
                 serving.add(pid)
             else:
-                for line in _read_all(control_r).split():
-                    config.idle_timeout = float(line)
+                for line in _read_all(control_r).splitlines():
+                    change = json.loads(line)
+                    config.idle_timeout = change.get("idle_timeout", config.idle_timeout)
+                    config.env = change.get("env", config.env)
                 last_activity = now
         if config.idle_timeout > 0 and not serving and now - last_activity > config.idle_timeout:
             sys.stderr.write("agent: idle for %.0f s, ending the box\n" % config.idle_timeout)

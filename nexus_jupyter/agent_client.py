@@ -107,10 +107,13 @@ class AgentClient:
     def ping(self, wait: float = 15.0) -> dict:
         return self._single({"op": "ping"}, wait=wait, timeout=5)
 
-    def touch(self, idle_timeout: float | None = None) -> None:
-        request = {"op": "touch"}
+    def touch(self, idle_timeout: float | None = None, env: dict | None = None) -> None:
+        """Note activity; optionally give the box a new idle timeout and run environment."""
+        request: dict = {"op": "touch"}
         if idle_timeout is not None:
             request["idle_timeout"] = idle_timeout
+        if env is not None:
+            request["env"] = env
         self._single(request, timeout=5)
 
     def run(

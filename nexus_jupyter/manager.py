@@ -61,8 +61,12 @@ class SandboxManager:
         provider: str | None = None,
         user_id: str | None = None,
         is_admin: bool | None = None,
+        warm_pool: int | None = None,
     ):
         self.store = Store(data_dir)
+        # Containers kept started per template by providers that can (Docker);
+        # None leaves each provider's own default (NEXUS_DOCKER_POOL_SIZE, else off).
+        self.warm_pool = warm_pool
         self.data_dir = self.store.data_dir
         self.default_provider = provider or os.environ.get("NEXUS_SANDBOX_PROVIDER") or "local"
         self.user_id = user_id or os.environ.get("NEXUS_USER") or getpass.getuser()
@@ -75,7 +79,10 @@ class SandboxManager:
 
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
-            self._providers[name] = provider_class(name)(self.data_dir)
+            backend = provider_class(name)(self.data_dir)
+            if self.warm_pool is not None and hasattr(backend, "pool_size"):
+                backend.pool_size = self.warm_pool
+            self._providers[name] = backend
         return self._providers[name]
 
     # ---- lookup and ownership
@@ -419,9 +426,10 @@ class SandboxManager:
     def reap(self) -> dict:
         """One pass: stop expired sandboxes, fix vanished ones, destroy orphans.
 
-        Returns ``{"expired": [...], "vanished": [...], "failed_creates": [...], "orphans": [...]}``.
+        Returns ``{"expired": [...], "vanished": [...], "failed_creates": [...], "orphans": [...],
+        "pruned": [...]}`` (pruned: spare warm-pool containers that ended).
         """
-        report = {"expired": self._reap_expired(), "vanished": [], "failed_creates": [], "orphans": []}
+        report = {"expired": self._reap_expired(), "vanished": [], "failed_creates": [], "orphans": [], "pruned": []}
         for row in self.store.stale_creating(time.time() - CREATE_GRACE_SECONDS):
             if self.store.update(
                 row["sandbox_id"],
@@ -436,6 +444,7 @@ class SandboxManager:
                 if verified and seen == "stopped":
                     report["vanished"].append(row["sandbox_id"])
         providers = {row["provider"] for row in self.store.select(include_stopped=True)} | {"local"}
+        providers |= set(self._providers)  # e.g. a Docker provider holding only a warm pool
         for name in sorted(providers):
             try:
                 backend = self.provider(name)
@@ -446,6 +455,7 @@ class SandboxManager:
             for orphan in sorted(held - self.store.live_ids(name)):
                 backend.destroy(orphan, {})
                 report["orphans"].append(orphan)
+            report["pruned"] += backend.prune()
         return report
 
     # ---- files

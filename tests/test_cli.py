@@ -252,7 +252,7 @@ def test_eight_concurrent_runs_on_one_sandbox_all_succeed(nexus):
 def test_reap_command_reports_a_pass(nexus):
     result = nexus("sandbox", "reap", "--json")
     assert result.returncode == 0, result
-    assert set(result.json()) == {"expired", "vanished", "failed_creates", "orphans"}
+    assert set(result.json()) == {"expired", "vanished", "failed_creates", "orphans", "pruned"}
 
 
 def test_version_and_help(nexus):

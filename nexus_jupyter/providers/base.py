@@ -122,6 +122,10 @@ class Provider(ABC):
     def box_ids(self) -> set[str]:
         """Ids of every box this provider holds for this data dir (live or not)."""
 
+    def prune(self) -> list[str]:
+        """Remove spare resources that ended on their own (e.g. warm-pool containers); returns their names."""
+        return []
+
     def notices(self) -> list[str]:
         """Warnings about weaker isolation on this machine (shown by create)."""
         return []

@@ -15,8 +15,10 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
 import tarfile
+import threading
 from pathlib import Path
 
 from ..agent_client import AgentClient
@@ -31,8 +33,20 @@ BOX_HOME = "/home/user"
 LABEL_STORE = "nexus.store"
 LABEL_SANDBOX = "nexus.sandbox_id"
 LABEL_USER = "nexus.user_id"
+LABEL_POOL = "nexus.pool"  # on warm-pool containers: the image they were started from
+LABEL_TRANSPORT = "nexus.transport"
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+POOL_IDLE_SECONDS = 3600  # an unclaimed pool container ends itself after this
+# The shape of pool containers; creates that differ only in memory, CPU or
+# process limits still take one (the limits are updated on claim).
+POOL_SHAPE = BoxSpec(sandbox_id="", idle_timeout_seconds=POOL_IDLE_SECONDS)
 # Docker's states, in the provider's words.
 STATUS = {"running": "active", "created": "active", "restarting": "active", "paused": "paused"}
+
+
+def _poolable(spec: BoxSpec) -> bool:
+    """Network and disk are fixed when a container is made: only such creates can take one."""
+    return spec.allow_internet == POOL_SHAPE.allow_internet and spec.disk_mb == POOL_SHAPE.disk_mb
 
 
 def choose_transport() -> str:
@@ -85,6 +99,10 @@ class DockerProvider(Provider):
         self.root = self.data_dir / "boxes" / self.name
         self.store = store_label(self.data_dir)
         self._client = None
+        # Containers kept started per template so create hands one out at once.
+        # Off by default (a CLI process would not live to refill it); a server turns it on.
+        self.pool_size = int(os.environ.get("NEXUS_DOCKER_POOL_SIZE", "0") or 0)
+        self._pool_lock = threading.Lock()
 
     @property
     def client(self):
@@ -135,32 +153,50 @@ class DockerProvider(Provider):
 
     # ---- lifecycle
     def create(self, spec: BoxSpec) -> dict:
-        from docker.errors import APIError, ImageNotFound
-
         image = spec.template_id or DEFAULT_IMAGE
-        client = self.client
+        self._require_image(image)
+        try:
+            if self.pool_size > 0 and _poolable(spec):
+                claimed = self._claim_from_pool(spec, image)
+                if claimed is not None:
+                    return claimed
+            return self._start_container(spec.sandbox_id, spec, image, pool=False)
+        finally:
+            if self.pool_size > 0:
+                self.refill_pool_in_background(image)
+
+    def _require_image(self, image: str) -> None:
+        from docker.errors import ImageNotFound
+
         try:
             # Checked first: containers.run would try to pull it from a registry.
-            client.images.get(image)
+            self.client.images.get(image)
         except ImageNotFound:
             raise ProviderUnavailable(
                 f"the image {image} is not on the Docker engine: build it with 'nexus sandbox template build'"
             ) from None
+
+    def _start_container(self, box_id: str, spec: BoxSpec, image: str, pool: bool) -> dict:
+        """Create and start one hardened container for ``box_id`` (a sandbox id, or a pool slot)."""
+        from docker.errors import APIError
+
+        client = self.client
         transport = choose_transport()
         config = json.dumps(
             {
                 "interpreters": {"python": "python3", "javascript": "node", "bash": "/bin/bash"},
-                "env": box_environment("/usr/local/bin:/usr/bin:/bin", spec.env),
+                "env": box_environment(SYSTEM_PATH, spec.env),
                 "limits": {"file_size_bytes": spec.disk_mb << 20, "open_files": 1024},
             }
         )
-        labels = {LABEL_STORE: self.store, LABEL_SANDBOX: spec.sandbox_id, LABEL_USER: spec.owner}
+        labels = {LABEL_STORE: self.store, LABEL_TRANSPORT: transport}
+        labels.update({LABEL_POOL: image} if pool else {LABEL_SANDBOX: box_id, LABEL_USER: spec.owner})
         if transport == "socket":
-            volumes = self._host_run_dir(spec.sandbox_id, config)
+            volumes = self._host_run_dir(box_id, config)
             command = agent_command("python3", spec.idle_timeout_seconds, BOX_HOME)
         else:
             # The engine is elsewhere: the agent and its config travel in a volume of its own.
-            volume = client.volumes.create(name=self._name(spec.sandbox_id), labels=labels)
+            volume = client.volumes.create(name=self._name(box_id), labels=labels)
             volumes = {volume.name: {"bind": "/run", "mode": "rw"}}
             command = agent_command("python3", spec.idle_timeout_seconds, BOX_HOME, agent=EXEC_AGENT)
         memory = f"{spec.memory_mb}m"
@@ -169,7 +205,7 @@ class DockerProvider(Provider):
             container = client.containers.create(
                 image,
                 command,
-                name=self._name(spec.sandbox_id),
+                name=self._name(box_id),
                 hostname="sandbox",
                 labels=labels,
                 user=f"{BOX_UID}:{BOX_UID}",
@@ -194,6 +230,90 @@ class DockerProvider(Provider):
         except APIError as exc:
             raise ProviderUnavailable(f"Docker could not start the sandbox: {exc.explanation or exc}") from None
         return {"container_id": container.id, "image": image, "transport": transport}
+
+    # ---- the warm pool: containers started ahead, handed out by create
+    def _pool_containers(self, image: str | None = None, running: bool = True) -> list:
+        filters = {
+            "label": [f"{LABEL_STORE}={self.store}", LABEL_POOL + (f"={image}" if image else "")],
+            "name": f"nexus-{self.store}-pool-",
+        }
+        if running:
+            filters["status"] = "running"
+        return self.client.containers.list(all=not running, filters=filters)
+
+    def _claim_from_pool(self, spec: BoxSpec, image: str) -> dict | None:
+        from docker.errors import APIError
+
+        for container in self._pool_containers(image):
+            slot = container.name.removeprefix(f"nexus-{self.store}-")
+            try:
+                # Renaming by the old name is the claim: of two processes, only one succeeds.
+                self.client.api.rename(container.name, self._name(spec.sandbox_id))
+            except APIError:
+                continue
+            transport = container.labels.get(LABEL_TRANSPORT, "socket")
+            if transport == "socket":
+                # The bind mount follows the directory, whatever it is called now.
+                self.box_dir(slot).rename(self.box_dir(spec.sandbox_id))
+            state = {"container_id": container.id, "image": image, "transport": transport, "pool_slot": slot}
+            if (spec.memory_mb, spec.cpus, spec.max_processes) != (
+                POOL_SHAPE.memory_mb,
+                POOL_SHAPE.cpus,
+                POOL_SHAPE.max_processes,
+            ):
+                self._update_limits(container.id, spec)
+            self.agent(spec.sandbox_id, state).touch(
+                spec.idle_timeout_seconds, env=box_environment(SYSTEM_PATH, spec.env)
+            )
+            return state
+        return None
+
+    def _update_limits(self, container_id: str, spec: BoxSpec) -> None:
+        # The engine's update endpoint takes NanoCpus and PidsLimit; docker-py's
+        # update_container() does not pass them, so the endpoint is called directly.
+        api = self.client.api
+        memory = spec.memory_mb << 20
+        body = {
+            "Memory": memory,
+            "MemorySwap": memory,
+            "NanoCpus": int(spec.cpus * 1e9),
+            "PidsLimit": spec.max_processes,
+        }
+        api._result(api._post_json(api._url("/containers/{0}/update", container_id), data=body), True)
+
+    def fill_pool(self, image: str = DEFAULT_IMAGE) -> int:
+        """Start pool containers until ``pool_size`` run; returns how many were started."""
+        with self._pool_lock:
+            missing = self.pool_size - len(self._pool_containers(image))
+            for _ in range(max(missing, 0)):
+                self._start_container(f"pool-{secrets.token_hex(6)}", POOL_SHAPE, image, pool=True)
+            return max(missing, 0)
+
+    def refill_pool_in_background(self, image: str = DEFAULT_IMAGE) -> threading.Thread:
+        thread = threading.Thread(target=self._refill_quietly, args=(image,), daemon=True)
+        thread.start()
+        return thread
+
+    def _refill_quietly(self, image: str) -> None:
+        try:
+            self.fill_pool(image)
+        except SandboxError:
+            pass  # the next create starts cold and tries again
+
+    def prune(self) -> list[str]:
+        """Remove pool containers that ended (their agent's idle time ran out)."""
+        pruned = []
+        for container in self._pool_containers(running=False):
+            if container.status not in ("running", "created", "restarting", "paused"):
+                slot = container.name.removeprefix(f"nexus-{self.store}-")
+                self.destroy(slot, {"container_id": container.id})
+                pruned.append(slot)
+        return pruned
+
+    def drain_pool(self) -> None:
+        """Remove every pool container (a server shutting down, a test ending)."""
+        for container in self._pool_containers(running=False):
+            self.destroy(container.name.removeprefix(f"nexus-{self.store}-"), {"container_id": container.id})
 
     def _host_run_dir(self, sandbox_id: str, config: str) -> dict:
         """The agent's socket directory on this machine, bind-mounted into the container."""
@@ -248,12 +368,14 @@ class DockerProvider(Provider):
         return STATUS.get(container.status, "stopped")
 
     def box_ids(self) -> set[str]:
+        """Sandbox ids of this store's containers, volumes and directories (pool slots are not sandboxes)."""
         mine = {"label": f"{LABEL_STORE}={self.store}"}
-        ids = {c.labels.get(LABEL_SANDBOX) for c in self.client.containers.list(all=True, filters=mine)}
-        ids |= {v.attrs.get("Labels", {}).get(LABEL_SANDBOX) for v in self.client.volumes.list(filters=mine)}
-        ids.discard(None)
+        prefix = f"nexus-{self.store}-"
+        names = {c.name for c in self.client.containers.list(all=True, filters=mine)}
+        names |= {v.name for v in self.client.volumes.list(filters=mine)}
+        ids = {name.removeprefix(prefix) for name in names if name.startswith(prefix)}
         try:
             ids |= {entry.name for entry in os.scandir(self.root) if entry.is_dir()}
         except FileNotFoundError:
             pass
-        return ids
+        return {box_id for box_id in ids if not box_id.startswith("pool-")}
