@@ -154,7 +154,6 @@ class DockerProvider(Provider):
     # ---- lifecycle
     def create(self, spec: BoxSpec) -> dict:
         image = spec.template_id or DEFAULT_IMAGE
-        self._require_image(image)
         try:
             if self.pool_size > 0 and _poolable(spec):
                 claimed = self._claim_from_pool(spec, image)
@@ -165,20 +164,9 @@ class DockerProvider(Provider):
             if self.pool_size > 0:
                 self.refill_pool_in_background(image)
 
-    def _require_image(self, image: str) -> None:
-        from docker.errors import ImageNotFound
-
-        try:
-            # Checked first: containers.run would try to pull it from a registry.
-            self.client.images.get(image)
-        except ImageNotFound:
-            raise ProviderUnavailable(
-                f"the image {image} is not on the Docker engine: build it with 'nexus sandbox template build'"
-            ) from None
-
     def _start_container(self, box_id: str, spec: BoxSpec, image: str, pool: bool) -> dict:
         """Create and start one hardened container for ``box_id`` (a sandbox id, or a pool slot)."""
-        from docker.errors import APIError
+        from docker.errors import APIError, ImageNotFound
 
         client = self.client
         transport = choose_transport()
@@ -227,6 +215,11 @@ class DockerProvider(Provider):
             if transport == "exec":
                 container.put_archive("/run", _agent_archive(config))
             container.start()
+        except ImageNotFound:
+            # containers.create never pulls (containers.run would try a registry).
+            raise ProviderUnavailable(
+                f"the image {image} is not on the Docker engine: build it with 'nexus sandbox template build'"
+            ) from None
         except APIError as exc:
             raise ProviderUnavailable(f"Docker could not start the sandbox: {exc.explanation or exc}") from None
         return {"container_id": container.id, "image": image, "transport": transport}
