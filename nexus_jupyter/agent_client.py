@@ -14,6 +14,8 @@ from .errors import SandboxError
 
 FILE_CHUNK = 256 * 1024
 OutputCallback = Callable[[str], None]
+ResultCallback = Callable[[dict], None]
+KERNEL_START_SECONDS = 180
 
 
 class AgentUnreachable(SandboxError):
@@ -126,8 +128,9 @@ class AgentClient:
         max_output_chars: int = 1 << 20,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        on_result: ResultCallback | None = None,
     ) -> dict:
-        """Run code; returns the ``end`` event with stdout/stderr collected into it."""
+        """Run code in a fresh process; returns stdout, stderr, exit_code, execution_time, timed_out."""
         request = {
             "op": "run",
             "language": language,
@@ -136,21 +139,63 @@ class AgentClient:
             "env": env or {},
             "max_output_chars": max_output_chars,
         }
-        collected = {"stdout": [], "stderr": []}
-        callbacks = {"stdout": on_stdout, "stderr": on_stderr}
-        end: dict = {}
         # The agent enforces the deadline itself; the socket timeout only
         # guards against an agent that died without closing the socket.
-        for event in self._events(request, timeout=timeout + 30):
+        return self._collect(request, timeout + 30, on_stdout, on_stderr, on_result)
+
+    def execute(
+        self,
+        code: str,
+        timeout: float,
+        *,
+        max_output_chars: int = 1 << 20,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        on_result: ResultCallback | None = None,
+    ) -> dict:
+        """Run a cell in the box's Python kernel (state persists between cells).
+
+        Returns stdout, stderr, exit_code, execution_time, timed_out, restarted,
+        ``results`` (display outputs and the cell's value as MIME bundles) and
+        ``error`` (name, value, traceback; its text is also in stderr).
+        """
+        request = {"op": "execute", "code": code, "timeout": timeout, "max_output_chars": max_output_chars}
+        # The first cell also waits for the kernel to start.
+        return self._collect(request, timeout + KERNEL_START_SECONDS, on_stdout, on_stderr, on_result)
+
+    def _collect(self, request: dict, socket_timeout: float, on_stdout, on_stderr, on_result) -> dict:
+        collected: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        results: list[dict] = []
+        error = None
+        end: dict = {}
+        for event in self._events(request, timeout=socket_timeout):
             kind = event["ev"]
             if kind in collected:
                 collected[kind].append(event["data"])
                 if callbacks[kind] is not None:
                     callbacks[kind](event["data"])
+            elif kind in ("display", "result"):
+                result = {
+                    "data": event["data"],
+                    "metadata": event.get("metadata", {}),
+                    "is_main_result": kind == "result",
+                }
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+            elif kind == "exception":
+                error = {"name": event["ename"], "value": event["evalue"], "traceback": event["traceback"]}
+                text = "\n".join(event["traceback"]) + "\n"
+                collected["stderr"].append(text)
+                if on_stderr is not None:
+                    on_stderr(text)
             elif kind == "end":
                 end = event
         end["stdout"] = "".join(collected["stdout"])
         end["stderr"] = "".join(collected["stderr"])
+        end["results"] = results
+        end["error"] = error
         return end
 
     def write_file(self, path: str, source) -> dict:

@@ -44,6 +44,7 @@ AGENT_EXPIRY_GRACE_SECONDS = 60
 ID_ALPHABET = string.ascii_lowercase + string.digits
 
 OutputCallback = Callable[[str], None]
+ResultCallback = Callable[[dict], None]
 
 
 class SandboxManager:
@@ -233,36 +234,48 @@ class SandboxManager:
         code: str,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         *,
+        fresh: bool = False,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        on_result: ResultCallback | None = None,
         env: dict | None = None,
     ) -> dict:
-        """Run code; returns stdout, stderr, exit_code, execution_time.
+        """Run code; returns stdout, stderr, exit_code, execution_time, results, error.
 
-        Output is passed to ``on_stdout``/``on_stderr`` as it is produced.
-        Raises SandboxTimeout (with ``.result``) when the run exceeds ``timeout``.
+        Python runs in the sandbox's kernel, so state persists between runs
+        (``x = 41`` then ``print(x + 1)``) and rich outputs come back in
+        ``results`` (MIME bundles: display outputs and the value of the last
+        expression) with ``error`` (name, value, traceback) for an exception.
+        ``fresh=True`` (and JavaScript, Bash) run in a new process instead.
+        Output is passed to ``on_stdout``/``on_stderr``/``on_result`` as it is produced.
+        Raises SandboxTimeout (with ``.result``) when the run exceeds ``timeout``;
+        an interrupted Python cell keeps the kernel's state.
         """
         language = normalize_language(language)
         code = check_code(code)
         seconds = positive_number(timeout, "timeout", MAX_TIMEOUT_SECONDS, "seconds")
+        stateful = language == "python" and not fresh
+        if stateful and env:
+            raise InvalidArgument("env applies to fresh runs: the kernel's environment is the sandbox's")
         self._reap_expired()
         row = self._resolve(sandbox_id)
         self._require_active(row)
         # Not expirable while it runs: the TTL counts idle time only.
         self._touch(row, extra_seconds=seconds + 30)
         backend = self.provider(row["provider"])
+        callbacks = {
+            "max_output_chars": MAX_OUTPUT_CHARS,
+            "on_stdout": on_stdout,
+            "on_stderr": on_stderr,
+            "on_result": on_result,
+        }
         try:
-            outcome = backend.run(
-                row["sandbox_id"],
-                row["provider_state"],
-                language,
-                code,
-                seconds,
-                env=env,
-                max_output_chars=MAX_OUTPUT_CHARS,
-                on_stdout=on_stdout,
-                on_stderr=on_stderr,
-            )
+            if stateful:
+                outcome = backend.execute(row["sandbox_id"], row["provider_state"], code, seconds, **callbacks)
+            else:
+                outcome = backend.run(
+                    row["sandbox_id"], row["provider_state"], language, code, seconds, env=env, **callbacks
+                )
         except AgentUnreachable as exc:
             self._mark_vanished(row, backend)
             raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}") from None
@@ -273,6 +286,8 @@ class SandboxManager:
             "stderr": outcome["stderr"],
             "exit_code": outcome["exit_code"],
             "execution_time": outcome["execution_time"],
+            "results": outcome.get("results", []),
+            "error": outcome.get("error"),
         }
         if outcome.get("timed_out"):
             raise SandboxTimeout(f"Code execution exceeded {timeout:g} second timeout", result)

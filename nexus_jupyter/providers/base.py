@@ -23,9 +23,11 @@ from ..errors import InvalidArgument, ProviderNotSupported
 
 OutputCallback = Callable[[str], None]
 OOM_NOTE = "[nexus: a process was killed: the sandbox ran out of memory]\n"
-BOX_AGENT = "/opt/nexus/agent.py"
+BOX_CODE = "/opt/nexus"  # where the box-side code (nexus_jupyter/box) is mounted read-only
+BOX_AGENT = f"{BOX_CODE}/agent.py"
 BOX_RUN = "/run/nexus"
-AGENT_SOURCE = Path(__file__).resolve().parent.parent / "agent.py"
+BOX_CODE_SOURCE = Path(__file__).resolve().parent.parent / "box"
+BOX_CODE_FILES = ("agent.py", "kernel_driver.py")
 
 
 def box_environment(path: str, extra: dict | None = None) -> dict:
@@ -134,39 +136,27 @@ class Provider(ABC):
     def agent(self, sandbox_id: str, state: dict) -> AgentClient:
         raise ProviderNotSupported(f"the {self.name} provider has no in-box agent")
 
-    def run(
-        self,
-        sandbox_id: str,
-        state: dict,
-        language: str,
-        code: str,
-        timeout: float,
-        *,
-        env: dict | None = None,
-        max_output_chars: int = 1 << 20,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
-    ) -> dict:
-        """Run code; returns stdout, stderr, exit_code, execution_time, timed_out, oom_killed."""
-        result = self._run(
-            sandbox_id,
-            state,
-            language,
-            code,
-            timeout,
-            env=env,
-            max_output_chars=max_output_chars,
-            on_stdout=on_stdout,
-            on_stderr=on_stderr,
-        )
+    def run(self, sandbox_id: str, state: dict, language: str, code: str, timeout: float, **kwargs) -> dict:
+        """Run code in a fresh process; returns stdout, stderr, exit_code, execution_time, timed_out, oom_killed.
+
+        ``kwargs``: env, max_output_chars, on_stdout, on_stderr (see AgentClient.run).
+        """
+        return self._through_agent(sandbox_id, state, "run", language, code, timeout, **kwargs)
+
+    def execute(self, sandbox_id: str, state: dict, code: str, timeout: float, **kwargs) -> dict:
+        """Run a Python cell in the box's kernel; the result adds ``results`` and ``error``."""
+        return self._through_agent(sandbox_id, state, "execute", code, timeout, **kwargs)
+
+    def _through_agent(self, sandbox_id: str, state: dict, method: str, *args, **kwargs) -> dict:
+        result = self._call_agent(sandbox_id, state, method, *args, **kwargs)
         if result.get("oom_killed"):
             result["stderr"] += OOM_NOTE
-            if on_stderr is not None:
-                on_stderr(OOM_NOTE)
+            if kwargs.get("on_stderr") is not None:
+                kwargs["on_stderr"](OOM_NOTE)
         return result
 
-    def _run(self, sandbox_id: str, state: dict, language: str, code: str, timeout: float, **kwargs) -> dict:
-        return self.agent(sandbox_id, state).run(language, code, timeout, **kwargs)
+    def _call_agent(self, sandbox_id: str, state: dict, method: str, *args, **kwargs) -> dict:
+        return getattr(self.agent(sandbox_id, state), method)(*args, **kwargs)
 
     def touch(self, sandbox_id: str, state: dict, idle_timeout_seconds: float) -> None:
         """Tell the box it was used (its own idle clock restarts)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..agent_client import AgentClient
 from ..errors import ProviderUnavailable, SandboxError
-from .base import AGENT_SOURCE, BOX_AGENT, BOX_RUN, BoxSpec, Provider, agent_command, box_environment
+from .base import BOX_CODE, BOX_CODE_FILES, BOX_CODE_SOURCE, BOX_RUN, BoxSpec, Provider, agent_command, box_environment
 from .docker_relay import connect_through_exec
 
 DEFAULT_IMAGE = "nexus-jupyter-sandbox:latest"
@@ -67,10 +67,8 @@ def _agent_archive(config: str) -> bytes:
         directory = tarfile.TarInfo("nexus")
         directory.type, directory.mode, directory.uid, directory.gid = tarfile.DIRTYPE, 0o755, BOX_UID, BOX_UID
         tar.addfile(directory)
-        for name, data, mode, owner in (
-            ("agent.py", AGENT_SOURCE.read_bytes(), 0o444, 0),
-            ("config.json", config.encode(), 0o600, BOX_UID),
-        ):
+        files = [(name, (BOX_CODE_SOURCE / name).read_bytes(), 0o444, 0) for name in BOX_CODE_FILES]
+        for name, data, mode, owner in [*files, ("config.json", config.encode(), 0o600, BOX_UID)]:
             member = tarfile.TarInfo(f"nexus/{name}")
             member.size, member.mode, member.uid, member.gid = len(data), mode, owner, owner
             tar.addfile(member, io.BytesIO(data))
@@ -324,7 +322,7 @@ class DockerProvider(Provider):
             config_file.chmod(0o644)
         return {
             str(run_dir): {"bind": BOX_RUN, "mode": "rw"},
-            str(AGENT_SOURCE): {"bind": BOX_AGENT, "mode": "ro"},
+            str(BOX_CODE_SOURCE): {"bind": BOX_CODE, "mode": "ro"},
         }
 
     def destroy(self, sandbox_id: str, state: dict) -> None:

@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import ProviderUnavailable
-from .base import BOX_AGENT, BOX_RUN
+from .base import BOX_CODE, BOX_RUN
 
 BOX_HOME = "/home/user"
 # Host files a box may read: what dynamic linking, TLS and time zones need.
@@ -55,9 +55,7 @@ class BoxLayout:
     allow_internet: bool = False
 
 
-def make_layout(
-    box: Path, runtime_paths: list[str], agent_source: Path, tmp_bytes: int, allow_internet: bool
-) -> BoxLayout:
+def make_layout(box: Path, runtime_paths: list[str], box_code: Path, tmp_bytes: int, allow_internet: bool) -> BoxLayout:
     layout = BoxLayout(tmp_bytes=tmp_bytes, allow_internet=allow_internet)
     layout.read_only.append(("/usr", "/usr"))
     for name in TOP_LEVEL_LINKS:
@@ -71,7 +69,7 @@ def make_layout(
     for name in ("passwd", "group", "hosts"):
         layout.read_only.append((str(box / "etc" / name), f"/etc/{name}"))
     layout.read_only += [(path, path) for path in runtime_paths]
-    layout.read_only.append((str(agent_source), BOX_AGENT))
+    layout.read_only.append((str(box_code), BOX_CODE))
     layout.writable += [(str(box / "fs" / "home"), BOX_HOME), (str(box / "fs" / "run"), BOX_RUN)]
     return layout
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..agent_client import AgentClient
 from ..errors import ProviderUnavailable
-from .base import AGENT_SOURCE, BoxSpec, Provider, agent_command, box_environment
+from .base import BOX_CODE_SOURCE, BoxSpec, Provider, agent_command, box_environment
 from .cgroups import Cgroups
 from .isolation import BOX_HOME, bwrap_command, choose_isolation, make_layout, unshare_command
 
@@ -183,7 +183,7 @@ class LocalProvider(Provider):
         if owner:
             os.chown(config_file, owner, owner)
         agent = agent_command(sys.executable, spec.idle_timeout_seconds)
-        layout = make_layout(box, _runtime_paths(), AGENT_SOURCE, spec.disk_mb << 20, spec.allow_internet)
+        layout = make_layout(box, _runtime_paths(), BOX_CODE_SOURCE, spec.disk_mb << 20, spec.allow_internet)
         if isolation == "bwrap":
             command = bwrap_command(layout, uid, agent)
         else:
@@ -334,11 +334,11 @@ class LocalProvider(Provider):
         return ids
 
     # ---- runs: say when the kernel's OOM killer ended one
-    def _run(self, sandbox_id: str, state: dict, language: str, code: str, timeout: float, **kwargs) -> dict:
+    def _call_agent(self, sandbox_id: str, state: dict, method: str, *args, **kwargs) -> dict:
         # The box cannot see its cgroup: the host reads the OOM killer's count.
         cgroups = self.cgroups if state.get("cgroups") else None
         oom_before = cgroups.oom_kills(sandbox_id) if cgroups is not None else 0
-        result = super()._run(sandbox_id, state, language, code, timeout, **kwargs)
+        result = super()._call_agent(sandbox_id, state, method, *args, **kwargs)
         if cgroups is not None and cgroups.oom_kills(sandbox_id) > oom_before:
             result["oom_killed"] = True
         return result

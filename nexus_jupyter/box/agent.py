@@ -160,6 +160,85 @@ class Connection:
             except OSError:
                 pass
 
+    # ---- stateful Python: forwarded to the kernel driver, started on first use
+    def op_execute(self, request):
+        driver = self._kernel_driver()
+        try:
+            driver.sendall((json.dumps(request) + "\n").encode())
+            selector = selectors.DefaultSelector()
+            selector.register(driver, selectors.EVENT_READ)
+            selector.register(self.sock, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj is driver:
+                        data = driver.recv(READ_CHUNK)
+                        if not data:
+                            return
+                        try:
+                            self.sock.sendall(data)
+                        except OSError:
+                            return  # the client went away: closing the driver's side cancels the cell
+                    elif not self.sock.recv(1):
+                        return
+        finally:
+            driver.close()
+
+    def _kernel_driver(self):
+        """A connection to the kernel driver, starting it if it is not running."""
+        run_dir = os.path.dirname(self.config.socket_path)
+        path = os.path.join(run_dir, "kernel.sock")
+        connection = _try_connect(path)
+        if connection is not None:
+            return connection
+        import fcntl
+
+        with open(os.path.join(run_dir, "kernel.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one driver, however many first cells race
+            connection = _try_connect(path)
+            if connection is not None:
+                return connection
+            log_path = os.path.join(run_dir, "kernel.log")
+            pid = self._spawn_driver(path, log_path)
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                connection = _try_connect(path)
+                if connection is not None:
+                    return connection
+                if not _alive(pid):
+                    raise OSError(errno.ECHILD, "the Python kernel could not start: " + _last_line(log_path))
+                time.sleep(0.02)
+        raise OSError(errno.ETIMEDOUT, "the Python kernel did not start in time: " + _last_line(log_path))
+
+    def _spawn_driver(self, socket_path, log_path):
+        """Start the driver detached (it outlives this connection); returns its pid."""
+        driver = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel_driver.py")
+        argv = [self.config.interpreters["python"], driver, "--socket", socket_path, "--workdir", self.config.workdir]
+        pid_r, pid_w = os.pipe()
+        if os.fork() == 0:
+            try:
+                os.setsid()
+                grandchild = os.fork()
+                if grandchild:
+                    os.write(pid_w, str(grandchild).encode())
+                    os._exit(0)
+                log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.chdir(self.config.workdir)
+                for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                with open("/proc/self/oom_score_adj", "w") as adj:
+                    adj.write("1000")  # the OOM killer takes the kernel before the agent
+                os.execvpe(argv[0], argv, self.config.env)
+            finally:
+                os._exit(127)
+        os.close(pid_w)
+        pid = int(os.read(pid_r, 32) or b"0")
+        os.close(pid_r)
+        _reap()
+        return pid
+
     # ---- files (relative paths are relative to the working directory)
     def _path(self, request):
         path = request.get("path") or "."
@@ -489,6 +568,33 @@ def _kill_tree():
         _reap()
         time.sleep(0.001)
     _reap()
+
+
+def _try_connect(path):
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(path)
+        return connection
+    except (FileNotFoundError, ConnectionRefusedError):
+        connection.close()
+        return None
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def _last_line(path):
+    try:
+        with open(path, errors="replace") as log:
+            lines = [line.strip() for line in log if line.strip()]
+        return lines[-1] if lines else "no output"
+    except OSError:
+        return "no output"
 
 
 def _drain(fd):
