@@ -117,9 +117,12 @@ def test_code_is_never_passed_on_a_command_line(nx, sandbox):
 def test_pause_freezes_running_code_and_resume_thaws_it(nx, sandbox):
     code = "import time\nfor i in range(8):\n    print(time.time(), flush=True)\n    time.sleep(0.25)\n"
     outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(nx.sandbox_run(sandbox, "python", code, timeout=60)))
+    printing = threading.Event()
+    runner = threading.Thread(target=lambda: outcome.update(
+        nx.sandbox_run(sandbox, "python", code, timeout=60, on_stdout=lambda _: printing.set())))
     runner.start()
-    time.sleep(0.6)
+    assert printing.wait(60)
+    time.sleep(0.3)
     nx.sandbox_pause(sandbox)
     time.sleep(2.0)
     nx.sandbox_resume(sandbox)

@@ -57,9 +57,12 @@ def test_without_cgroups_pause_stops_and_resume_continues(degraded):
     sandbox = degraded.sandbox_create("degraded")["sandbox_id"]
     code = "import time\nfor i in range(6):\n    print(time.time(), flush=True)\n    time.sleep(0.25)\n"
     outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(degraded.sandbox_run(sandbox, "python", code)))
+    printing = threading.Event()
+    runner = threading.Thread(target=lambda: outcome.update(
+        degraded.sandbox_run(sandbox, "python", code, on_stdout=lambda _: printing.set())))
     runner.start()
-    time.sleep(0.5)
+    assert printing.wait(60)
+    time.sleep(0.3)
     degraded.sandbox_pause(sandbox)
     assert degraded.sandbox_list(verify_status=True)["sandboxes"][0]["provider_status"] == "paused"
     time.sleep(1.5)
