@@ -27,3 +27,10 @@ __all__ = [
     "StoreError",
     "__version__",
 ]
+
+
+def load_ipython_extension(shell) -> None:
+    """``%load_ext nexus_jupyter``: the ``%%sandbox`` and ``%sandbox`` magics."""
+    from .magics import load_ipython_extension as load
+
+    load(shell)

@@ -172,19 +172,43 @@ def _stream_to(stream):
 @click.option("--code", "-c", help="Code to execute (use - for stdin)")
 @click.option("--file", "-f", "file", help="File containing code to execute")
 @click.option("--timeout", type=float, default=30, show_default=True, help="Execution timeout in seconds")
+@click.option("--fresh", is_flag=True, help="Python: run in a new process, not the sandbox's stateful kernel")
 @json_option
-def run(sandbox_id, language, code, file, timeout, as_json):
-    """Execute code in a sandbox.  Exits with the code's exit status."""
+def run(sandbox_id, language, code, file, timeout, fresh, as_json):
+    """Execute code in a sandbox.  Exits with the code's exit status.
+
+    Python runs in the sandbox's kernel: variables persist from one run to the
+    next, and the value of the last expression is printed (every rich output
+    is in --json's "results").
+    """
     source = _read_code(code, file)
     nx = _manager()
     if as_json:
-        result = nx.sandbox_run(sandbox_id, language, source, timeout=timeout)
+        result = nx.sandbox_run(sandbox_id, language, source, timeout=timeout, fresh=fresh)
         _print_json(result)
         return
     out = _stream_to(sys.stdout)
     err = _stream_to(sys.stderr)
-    result = nx.sandbox_run(sandbox_id, language, source, timeout=timeout, on_stdout=out, on_stderr=err)
+    result = nx.sandbox_run(
+        sandbox_id,
+        language,
+        source,
+        timeout=timeout,
+        fresh=fresh,
+        on_stdout=out,
+        on_stderr=err,
+        on_result=_print_result,
+    )
     sys.exit(result["exit_code"] if 0 <= result["exit_code"] < 256 else 1)
+
+
+def _print_result(result: dict) -> None:
+    """A rich output at a terminal: its text, or what kind of output it is."""
+    data = result["data"]
+    if "text/plain" in data:
+        click.echo(data["text/plain"])
+    else:
+        click.echo(f"[{', '.join(sorted(data))} output]")
 
 
 def _table(records: list[dict], verify: bool) -> None:

@@ -95,8 +95,10 @@ def test_non_utf8_output_and_nul_bytes_in_output_are_carried_safely(nexus):
         "sandbox",
         "run",
         sandbox,
+        "-l",
+        "bash",
         "-c",
-        "import sys; sys.stdout.buffer.write(b'ok \\xff\\xfe nul:\\x00 end\\n')",
+        "printf 'ok \\377\\376 nul:\\000 end\\n'",
         "--json",
     )
     assert result.returncode == 0, result

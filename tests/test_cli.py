@@ -142,7 +142,7 @@ def test_run_json_has_stdout_stderr_exit_code_and_execution_time(nexus):
     sandbox = create(nexus)
     result = nexus("sandbox", "run", sandbox, "-c", "print(42)", "--json")
     data = result.json()
-    assert list(data) == ["stdout", "stderr", "exit_code", "execution_time"]
+    assert list(data) == ["stdout", "stderr", "exit_code", "execution_time", "results", "error"]
     assert (data["stdout"], data["stderr"], data["exit_code"]) == ("42\n", "", 0)
     assert 0 < data["execution_time"] < 30
 

@@ -118,8 +118,11 @@ def test_pause_freezes_running_code_and_resume_thaws_it(nx, sandbox):
     code = "import time\nfor i in range(8):\n    print(time.time(), flush=True)\n    time.sleep(0.25)\n"
     outcome = {}
     printing = threading.Event()
-    runner = threading.Thread(target=lambda: outcome.update(
-        nx.sandbox_run(sandbox, "python", code, timeout=60, on_stdout=lambda _: printing.set())))
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            nx.sandbox_run(sandbox, "python", code, timeout=60, on_stdout=lambda _: printing.set())
+        )
+    )
     runner.start()
     assert printing.wait(60)
     time.sleep(0.3)

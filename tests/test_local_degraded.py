@@ -58,8 +58,9 @@ def test_without_cgroups_pause_stops_and_resume_continues(degraded):
     code = "import time\nfor i in range(6):\n    print(time.time(), flush=True)\n    time.sleep(0.25)\n"
     outcome = {}
     printing = threading.Event()
-    runner = threading.Thread(target=lambda: outcome.update(
-        degraded.sandbox_run(sandbox, "python", code, on_stdout=lambda _: printing.set())))
+    runner = threading.Thread(
+        target=lambda: outcome.update(degraded.sandbox_run(sandbox, "python", code, on_stdout=lambda _: printing.set()))
+    )
     runner.start()
     assert printing.wait(60)
     time.sleep(0.3)

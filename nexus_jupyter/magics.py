@@ -1,0 +1,327 @@
+"""IPython magics: ``%%sandbox`` runs a cell in a sandbox, ``%sandbox`` manages sandboxes.
+
+    %load_ext nexus_jupyter
+
+    %%sandbox python --timeout 60          # the notebook's own sandbox, made on first use
+    import pandas as pd
+    pd.DataFrame({"a": [1, 2]})            # shown as the table, as in a normal cell
+
+    %sandbox create analysis --ttl 60      # and: list, status, pause, resume, stop, use, upload, download
+
+A thin layer over SandboxManager: parse, call, render.  Output streams into
+the cell while the code runs; rich outputs (figures, tables) are displayed;
+a failing cell fails the way a local one does (so "Run All" stops there);
+interrupting the kernel interrupts the sandboxed code.  Mistakes raise
+UsageError: one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.display import display
+from traitlets import Float, Int, Unicode
+
+from .errors import SandboxError, SandboxTimeout
+from .manager import SandboxManager
+from .validation import LANGUAGE_ALIASES, LANGUAGES
+
+LINE_VERBS = ("create", "list", "status", "pause", "resume", "stop", "use", "upload", "download")
+
+
+class SandboxCellError(Exception):
+    """A cell that failed in its sandbox.  Its output (the traceback included) was
+    already shown as it streamed, so the local traceback adds only one line."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.message] if self.message else []
+
+
+class MimeBundle:
+    """A cell's value as the sandbox's kernel rendered it, displayed as the cell's output."""
+
+    def __init__(self, data: dict, metadata: dict | None = None):
+        self.data = data
+        self.metadata = metadata or {}
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.data, self.metadata
+
+    def __repr__(self) -> str:
+        return self.data.get("text/plain", "<sandbox output>")
+
+
+class SandboxTable:
+    """``%sandbox list``: an HTML table in a notebook, plain text elsewhere."""
+
+    COLUMNS = ("sandbox_id", "name", "status", "provider", "uptime_seconds", "expires_at")
+
+    def __init__(self, records: list[dict]):
+        self.records = records
+
+    def _rows(self) -> list[list[str]]:
+        return [
+            [str(record.get(column) if record.get(column) is not None else "-") for column in self.COLUMNS]
+            for record in self.records
+        ]
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        head = "".join(f"<th>{escape(column)}</th>" for column in self.COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in self._rows())
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self) -> str:
+        rows = [list(self.COLUMNS), *self._rows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.COLUMNS))]
+        return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _parser(prog: str, *arguments: tuple[tuple, dict]) -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog=prog, add_help=False)
+    for args, kwargs in arguments:
+        parser.add_argument(*args, **kwargs)
+    return parser
+
+
+CELL_PARSER = _parser(
+    "%%sandbox",
+    (("language",), {"nargs": "?", "default": "python"}),
+    (("--timeout", "-t"), {"type": float}),
+    (("--sandbox", "-s"), {}),
+    (("--ttl",), {"type": int}),
+    (("--provider", "-p"), {}),
+    (("--template",), {}),
+    (("--out", "-o"), {}),
+    (("--fresh",), {"action": "store_true"}),
+)
+SANDBOX_ARG = (("sandbox",), {"nargs": "?"})
+LINE_PARSERS = {
+    "create": _parser(
+        "%sandbox create",
+        (("name",), {}),
+        (("--ttl",), {"type": int}),
+        (("--provider", "-p"), {}),
+        (("--template",), {}),
+    ),
+    "list": _parser(
+        "%sandbox list", (("--all",), {"action": "store_true"}), (("--verify", "-v"), {"action": "store_true"})
+    ),
+    "status": _parser("%sandbox status", SANDBOX_ARG),
+    "pause": _parser("%sandbox pause", SANDBOX_ARG),
+    "resume": _parser("%sandbox resume", SANDBOX_ARG),
+    "stop": _parser("%sandbox stop", SANDBOX_ARG),
+    "use": _parser("%sandbox use", (("sandbox",), {})),
+    "upload": _parser("%sandbox upload", (("local",), {}), (("dest",), {"nargs": "?"})),
+    "download": _parser("%sandbox download", (("path",), {}), (("local",), {"nargs": "?"})),
+}
+
+
+def _parse(parser: MagicArgumentParser, line: str):
+    import shlex
+
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"{parser.prog}: {exc}") from None
+    return parser.parse_args(words)  # MagicArgumentParser raises UsageError itself
+
+
+@magics_class
+class SandboxMagics(Magics):
+    """``%%sandbox`` and ``%sandbox``.  Defaults are settable with ``%config SandboxMagics.<name> = ...``."""
+
+    default_timeout = Float(60.0, help="Seconds a %%sandbox cell may run").tag(config=True)
+    default_ttl = Int(30, help="Idle minutes before the notebook's own sandbox expires").tag(config=True)
+    default_provider = Unicode(None, allow_none=True, help="Provider for new sandboxes").tag(config=True)
+    default_template = Unicode(None, allow_none=True, help="Template (e.g. Docker image) for new sandboxes").tag(
+        config=True
+    )
+
+    def __init__(self, shell=None, manager: SandboxManager | None = None, **kwargs):
+        super().__init__(shell=shell, **kwargs)
+        self._manager = manager
+        self.current: str | None = None  # the sandbox %%sandbox cells use by default
+
+    @property
+    def manager(self) -> SandboxManager:
+        if self._manager is None:
+            self._manager = SandboxManager()
+        return self._manager
+
+    # ---- the notebook's own sandbox
+    def _notebook_sandbox_name(self) -> str:
+        # The notebook's path where the server gives it: a restarted kernel finds its sandbox again.
+        session = os.environ.get("JPY_SESSION_NAME")
+        return f"notebook:{session}" if session else f"kernel-{os.getpid()}"
+
+    def _default_sandbox(self, ttl: int | None, provider: str | None, template: str | None) -> str:
+        if self.current is not None:
+            try:
+                if self.manager.sandbox_status(self.current)["status"] == "active":
+                    return self.current
+            except SandboxError:
+                pass
+        name = self._notebook_sandbox_name()
+        live = [r for r in self.manager.store.find_by_name(name, self.manager.user_id) if r["status"] == "active"]
+        if live:
+            self.current = live[0]["sandbox_id"]
+        else:
+            record = self.manager.sandbox_create(
+                name,
+                ttl_minutes=ttl or self.default_ttl,
+                template_id=template or self.default_template,
+                provider=provider or self.default_provider,
+            )
+            self.current = record["sandbox_id"]
+        return self.current
+
+    # ---- %%sandbox and %sandbox
+    @line_cell_magic
+    def sandbox(self, line: str, cell: str | None = None):
+        """%%sandbox [python|javascript|bash] [--timeout S] [--sandbox ID] [--ttl M] [--provider P]
+        [--template T] [--out VAR] [--fresh]: run the cell in a sandbox.
+
+        %sandbox create|list|status|pause|resume|stop|use|upload|download ...: manage sandboxes.
+        """
+        try:
+            if cell is None:
+                return self._line(line)
+            return self._cell(line, cell)
+        except SandboxTimeout:
+            raise
+        except SandboxError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _cell(self, line: str, cell: str):
+        args = _parse(CELL_PARSER, line)
+        language = LANGUAGE_ALIASES.get(args.language.lower(), args.language.lower())
+        if language not in LANGUAGES:
+            raise UsageError(f"%%sandbox: unsupported language {args.language!r} (choose from: {', '.join(LANGUAGES)})")
+        if not cell.strip():
+            raise UsageError("%%sandbox: the cell is empty")
+        sandbox = args.sandbox or self._default_sandbox(args.ttl, args.provider, args.template)
+        timeout = args.timeout if args.timeout is not None else self.default_timeout
+        main_result = []
+
+        def show(result: dict) -> None:
+            if result["is_main_result"]:
+                main_result.append(result)  # becomes the cell's value, as in a local cell
+            else:
+                display(result["data"], raw=True, metadata=result["metadata"])
+
+        try:
+            result = self.manager.sandbox_run(
+                sandbox,
+                language,
+                cell,
+                timeout=timeout,
+                fresh=args.fresh,
+                on_stdout=_writer(sys.stdout),
+                on_stderr=_writer(sys.stderr),
+                on_result=show,
+            )
+        except SandboxTimeout as exc:
+            if args.out:
+                self.shell.user_ns[args.out] = exc.result
+            raise SandboxCellError(str(exc)) from None
+        if args.out:
+            self.shell.user_ns[args.out] = result
+        if result["error"] is not None:
+            raise SandboxCellError("")  # the traceback already streamed as stderr
+        if result["exit_code"] != 0:
+            raise SandboxCellError(f"{language} exited with code {result['exit_code']}")
+        if main_result:
+            return MimeBundle(main_result[0]["data"], main_result[0]["metadata"])
+        return None
+
+    def _line(self, line: str):
+        verb, _, rest = line.strip().partition(" ")
+        if verb not in LINE_PARSERS:
+            raise UsageError(
+                f"%sandbox: unknown command {verb!r} (choose from: {', '.join(LINE_VERBS)}; "
+                "use %%sandbox to run a cell)"
+            )
+        args = _parse(LINE_PARSERS[verb], rest)
+        return getattr(self, f"_verb_{verb}")(args)
+
+    def _target(self, args) -> str:
+        target = getattr(args, "sandbox", None) or self.current
+        if target is None:
+            raise UsageError("no sandbox given, and this notebook has none yet: name one, or run a %%sandbox cell")
+        return target
+
+    def _verb_create(self, args):
+        record = self.manager.sandbox_create(
+            args.name,
+            ttl_minutes=args.ttl or self.default_ttl,
+            template_id=args.template or self.default_template,
+            provider=args.provider or self.default_provider,
+        )
+        self.current = record["sandbox_id"]
+        print(
+            f"Created sandbox {record['sandbox_id']} ({record['name']}, {record['provider']}): "
+            "the default for %%sandbox cells now"
+        )
+        return record
+
+    def _verb_list(self, args):
+        return SandboxTable(self.manager.sandbox_list(verify_status=args.verify, include_stopped=args.all)["sandboxes"])
+
+    def _verb_status(self, args):
+        return self.manager.sandbox_status(self._target(args))
+
+    def _verb_pause(self, args):
+        record = self.manager.sandbox_pause(self._target(args))
+        print(f"Paused sandbox {record['sandbox_id']}")
+
+    def _verb_resume(self, args):
+        record = self.manager.sandbox_resume(self._target(args))
+        print(f"Resumed sandbox {record['sandbox_id']} (expires {record['expires_at']} UTC)")
+
+    def _verb_stop(self, args):
+        record = self.manager.sandbox_stop(self._target(args))
+        if record["sandbox_id"] == self.current:
+            self.current = None
+        print(f"Stopped sandbox {record['sandbox_id']}")
+
+    def _verb_use(self, args):
+        record = self.manager.sandbox_status(args.sandbox)
+        if record["status"] != "active":
+            raise UsageError(f"Sandbox {record['sandbox_id']} is {record['status']}")
+        self.current = record["sandbox_id"]
+        print(f"%%sandbox cells now run in {record['sandbox_id']} ({record['name']})")
+
+    def _verb_upload(self, args):
+        done = self.manager.sandbox_upload_file(self._target(args), args.local, args.dest)
+        print(f"Uploaded {args.local} -> {done['path']} ({done['size']} bytes)")
+
+    def _verb_download(self, args):
+        local = args.local or Path(args.path.rstrip("/")).name
+        done = self.manager.sandbox_download_file(self._target(args), args.path, local)
+        print(f"Downloaded {args.path} -> {done['path']} ({done['size']} bytes)")
+
+
+def _writer(stream):
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
+
+
+def load_ipython_extension(shell) -> None:
+    magics = SandboxMagics(shell=shell, parent=shell)
+    shell.register_magics(magics)
+    if magics not in shell.configurables:
+        shell.configurables.append(magics)  # so %config SandboxMagics... finds it
