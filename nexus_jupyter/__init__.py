@@ -29,6 +29,13 @@ __all__ = [
 ]
 
 
+def panel(manager=None, refresh_seconds: float = 5.0):
+    """An ipywidgets panel listing your sandboxes, with pause, resume, stop and create."""
+    from .panel import panel as make_panel
+
+    return make_panel(manager, refresh_seconds)
+
+
 def load_ipython_extension(shell) -> None:
     """``%load_ext nexus_jupyter``: the ``%%sandbox`` and ``%sandbox`` magics."""
     from .magics import load_ipython_extension as load

@@ -31,7 +31,7 @@ from .errors import SandboxError, SandboxTimeout
 from .manager import SandboxManager
 from .validation import LANGUAGE_ALIASES, LANGUAGES
 
-LINE_VERBS = ("create", "list", "status", "pause", "resume", "stop", "use", "upload", "download")
+LINE_VERBS = ("create", "list", "status", "pause", "resume", "stop", "use", "upload", "download", "panel")
 
 
 class SandboxCellError(Exception):
@@ -124,6 +124,7 @@ LINE_PARSERS = {
     "use": _parser("%sandbox use", (("sandbox",), {})),
     "upload": _parser("%sandbox upload", (("local",), {}), (("dest",), {"nargs": "?"})),
     "download": _parser("%sandbox download", (("path",), {}), (("local",), {"nargs": "?"})),
+    "panel": _parser("%sandbox panel", (("--refresh",), {"type": float, "default": 5.0})),
 }
 
 
@@ -305,6 +306,11 @@ class SandboxMagics(Magics):
     def _verb_upload(self, args):
         done = self.manager.sandbox_upload_file(self._target(args), args.local, args.dest)
         print(f"Uploaded {args.local} -> {done['path']} ({done['size']} bytes)")
+
+    def _verb_panel(self, args):
+        from .panel import SandboxPanel
+
+        return SandboxPanel(self.manager, refresh_seconds=args.refresh)
 
     def _verb_download(self, args):
         local = args.local or Path(args.path.rstrip("/")).name

@@ -232,3 +232,10 @@ def test_config_sets_the_default_timeout(notebook):
         assert "exceeded 1.5 second timeout" in json.dumps(cell.error)
     finally:
         run_cell(client, "%config SandboxMagics.default_timeout = 60")
+
+
+def test_the_panel_magic_shows_the_widget(notebook):
+    client, *_ = notebook
+    cell = run_cell(client, "%sandbox panel --refresh 0")
+    assert cell.status == "ok", cell.reply
+    assert any("application/vnd.jupyter.widget-view+json" in bundle for bundle in cell.results + cell.displays)

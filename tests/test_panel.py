@@ -1,0 +1,67 @@
+"""The ipywidgets panel, headless: click its buttons, check the store and the provider changed."""
+
+from __future__ import annotations
+
+import pytest
+
+from nexus_jupyter import SandboxManager
+from nexus_jupyter.panel import SandboxPanel
+
+
+@pytest.fixture
+def panel(nx) -> SandboxPanel:
+    made = SandboxPanel(nx, refresh_seconds=0)
+    yield made
+    made.close()
+
+
+def cell_texts(panel: SandboxPanel) -> list[str]:
+    return [child.value for child in panel.table.children if hasattr(child, "value")]
+
+
+def test_the_panel_lists_sandboxes_made_anywhere(panel, nx, nexus):
+    cli_made = nexus("sandbox", "create", "from-cli", "--json").json()["sandbox_id"]
+    api_made = nx.sandbox_create("from-api")["sandbox_id"]
+    panel.refresh_button.click()
+    texts = cell_texts(panel)
+    assert {cli_made, api_made, "from-cli", "from-api"} <= set(texts)
+    assert texts.count("active") == 2
+
+
+def test_pause_resume_and_stop_buttons_change_the_sandbox(panel, nx):
+    sandbox = nx.sandbox_create("clicked")["sandbox_id"]
+    backend = nx.provider(nx.sandbox_status(sandbox)["provider"])
+    state = nx.store.get(sandbox)["provider_state"]
+    panel.refresh()
+    assert panel.buttons[("resume", sandbox)].disabled
+    panel.buttons[("pause", sandbox)].click()
+    assert nx.sandbox_status(sandbox)["status"] == "paused"
+    assert backend.inspect(sandbox, state) == "paused"
+    assert panel.buttons[("pause", sandbox)].disabled and not panel.buttons[("resume", sandbox)].disabled
+    panel.buttons[("resume", sandbox)].click()
+    assert backend.inspect(sandbox, state) == "active"
+    panel.buttons[("stop", sandbox)].click()
+    assert nx.sandbox_status(sandbox)["status"] == "stopped"
+    assert backend.inspect(sandbox, state) == "stopped"
+    assert sandbox not in cell_texts(panel)
+
+
+def test_the_create_form_makes_a_sandbox(panel, nx):
+    panel.name_input.value = "from-the-form"
+    panel.ttl_input.value = 45
+    panel.create_button.click()
+    [record] = nx.sandbox_list()["sandboxes"]
+    assert (record["name"], record["ttl_minutes"]) == ("from-the-form", 45)
+    assert "Created sb_" in panel.message.value
+    assert "from-the-form" in cell_texts(panel)
+
+
+def test_errors_show_inline(panel, nx, data_dir):
+    panel.name_input.value = ""
+    panel.create_button.click()
+    assert "Error: a sandbox name is required" in panel.message.value
+    sandbox = nx.sandbox_create("stopped-elsewhere")["sandbox_id"]
+    panel.refresh()
+    SandboxManager(data_dir).sandbox_stop(sandbox)  # another process stops it first
+    panel.buttons[("pause", sandbox)].click()
+    assert f"Sandbox {sandbox} is stopped" in panel.message.value
