@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# One command on a fresh Linux machine: install what nexus-jupyter needs, then
-# run the main job (the seed's workflows on the local provider).
-#   ./setup.sh            set up and run the demo
-#   ./setup.sh --no-demo  set up only
+# One command on a fresh Linux machine: install what nexus-jupyter needs, run
+# the main job (the seed's CLI workflows on the local provider), then open
+# JupyterLab on the quickstart notebook.
+#   ./setup.sh             set up, run the demo, start JupyterLab on notebooks/quickstart.ipynb
+#   ./setup.sh --headless  set up, run the demo, execute both notebooks without a browser
+#   ./setup.sh --no-demo   set up only
 set -euo pipefail
 cd "$(dirname "$0")"
+mode=${1:-lab}
 
 need_apt=()
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
@@ -21,9 +24,27 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
-echo "==> pip install -e . (with test extras)"
-"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -i "running pip as the 'root' user" || true
+extras="test"
+[ "$mode" = "--no-demo" ] || extras="test,lab"
+echo "==> pip install -e .[$extras]"
+"$PYTHON" -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v -i "running pip as the 'root' user" || true
 
-if [ "${1:-}" != "--no-demo" ]; then
-  exec bash scripts/demo.sh
-fi
+case "$mode" in
+  --no-demo) ;;
+  --headless)
+    bash scripts/demo.sh
+    echo "==> executing notebooks/quickstart.ipynb and notebooks/data-analysis.ipynb (outputs in notebooks/executed/)"
+    mkdir -p notebooks/executed
+    for nb in quickstart data-analysis; do
+      (cd notebooks/executed && "$PYTHON" -m jupyter nbconvert --to notebook --execute \
+         --ExecutePreprocessor.timeout=300 --output "$nb.ipynb" "../$nb.ipynb")
+    done
+    ;;
+  *)
+    bash scripts/demo.sh
+    echo "==> starting JupyterLab on notebooks/quickstart.ipynb (Ctrl-C to stop; ./setup.sh --headless runs it without a browser)"
+    lab_args=(--notebook-dir="$PWD/notebooks")
+    [ "$(id -u)" = 0 ] && lab_args+=(--allow-root)
+    exec "$PYTHON" -m jupyter lab "${lab_args[@]}" "$PWD/notebooks/quickstart.ipynb"
+    ;;
+esac
