@@ -153,6 +153,8 @@ class Driver:
                             "execution_count": content.get("execution_count"),
                         }
                     )
+                elif kind == "error" and interrupted_at is not None and content.get("ename") == "KeyboardInterrupt":
+                    continue  # our own interrupt (timeout, cancel): the caller is told so, not shown a traceback
                 elif kind == "error":
                     outcome["exit_code"] = 1
                     traceback = [ANSI.sub("", line) for line in content.get("traceback", [])]
