@@ -175,3 +175,32 @@ def test_list_verify_notices_a_box_that_vanished(nx, sandbox):
     [entry] = nx.sandbox_list(verify_status=True)["sandboxes"]
     assert (entry["verified"], entry["provider_status"]) == (True, "stopped")
     assert nx.sandbox_status(sandbox)["status"] == "stopped"  # and the row was fixed
+
+
+def test_python_state_persists_between_runs_and_rich_outputs_come_back(nx, sandbox):
+    assert nx.sandbox_run(sandbox, "python", "x = 41")["results"] == []
+    result = nx.sandbox_run(sandbox, "python", "print(x + 1)\nx * 2")
+    assert result["stdout"] == "42\n"
+    [value] = result["results"]
+    assert value["is_main_result"] and value["data"]["text/plain"] == "82"
+    shown = nx.sandbox_run(sandbox, "python", "from IPython.display import display, HTML\ndisplay(HTML('<b>hi</b>'))")
+    assert shown["results"][0]["data"]["text/html"] == "<b>hi</b>" and not shown["results"][0]["is_main_result"]
+    fresh = nx.sandbox_run(sandbox, "python", "print('x' in globals())", fresh=True)
+    assert fresh["stdout"] == "False\n" and fresh["results"] == []
+
+
+def test_an_exception_comes_back_as_error_and_stderr(nx, sandbox):
+    result = nx.sandbox_run(sandbox, "python", "raise ValueError('bad value')")
+    assert result["exit_code"] == 1
+    assert (result["error"]["name"], result["error"]["value"]) == ("ValueError", "bad value")
+    assert "ValueError: bad value" in result["stderr"]
+
+
+def test_a_wedged_kernel_is_restarted_with_a_clear_message(nx, sandbox):
+    nx.sandbox_run(sandbox, "python", "lost = True")
+    wedge = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.1)"
+    with pytest.raises(SandboxTimeout) as caught:
+        nx.sandbox_run(sandbox, "python", wedge, timeout=2)
+    assert "was restarted: its state was lost" in caught.value.result["stderr"]
+    after = nx.sandbox_run(sandbox, "python", "print('lost' in globals())")
+    assert after["stdout"] == "False\n"

@@ -48,9 +48,17 @@ def test_without_cgroups_timeout_still_kills_the_tree(degraded):
 
 def test_without_cgroups_memory_is_limited_per_process(degraded):
     sandbox = degraded.sandbox_create("degraded", memory_mb=256)["sandbox_id"]
-    result = degraded.sandbox_run(sandbox, "python", "x = bytearray(512 * 1024 * 1024)")
+    result = degraded.sandbox_run(sandbox, "python", "x = bytearray(512 * 1024 * 1024)", fresh=True)
     assert result["exit_code"] != 0 and "MemoryError" in result["stderr"]
-    assert degraded.sandbox_run(sandbox, "python", "print('fine')")["stdout"] == "fine\n"
+    assert degraded.sandbox_run(sandbox, "python", "print('fine')", fresh=True)["stdout"] == "fine\n"
+
+
+def test_without_cgroups_the_kernel_is_limited_too(degraded):
+    sandbox = degraded.sandbox_create("degraded")["sandbox_id"]  # 1 GiB
+    degraded.sandbox_run(sandbox, "python", "kept = 1")
+    result = degraded.sandbox_run(sandbox, "python", "x = bytearray(2 * 1024 ** 3)")
+    assert result["error"]["name"] == "MemoryError"
+    assert degraded.sandbox_run(sandbox, "python", "print(kept)")["stdout"] == "1\n"  # the kernel lived on
 
 
 def test_without_cgroups_pause_stops_and_resume_continues(degraded):

@@ -230,6 +230,7 @@ class Connection:
                     signal.signal(sig, signal.SIG_DFL)
                 with open("/proc/self/oom_score_adj", "w") as adj:
                     adj.write("1000")  # the OOM killer takes the kernel before the agent
+                _apply_kernel_limits(self.config.limits)
                 os.execvpe(argv[0], argv, self.config.env)
             finally:
                 os._exit(127)
@@ -512,6 +513,26 @@ def _oom_kills():
         except (OSError, ValueError):
             continue
     return 0
+
+
+def _apply_kernel_limits(limits):
+    """The long-lived kernel gets the run limits but CPU time (it lives across runs).
+
+    Where no cgroup bounds the box, memory is bounded by RLIMIT_DATA rather than
+    RLIMIT_AS: a kernel reserves far more address space than it uses.
+    """
+    for which, value in (
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_FSIZE, limits.get("file_size_bytes")),
+        (resource.RLIMIT_NOFILE, limits.get("open_files", 1024)),
+        (resource.RLIMIT_NPROC, limits.get("nproc")),
+        (resource.RLIMIT_DATA, limits.get("address_space_bytes")),
+    ):
+        if value is not None:
+            try:
+                resource.setrlimit(which, (value, value))
+            except (ValueError, OSError):
+                pass
 
 
 def _children_map():

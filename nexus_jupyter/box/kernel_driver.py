@@ -92,6 +92,7 @@ class Driver:
         limit = int(request.get("max_output_chars", 1 << 20))
         with self.lock:
             started = time.monotonic()
+            oom_kills_before = _oom_kills()
             self._drain_iopub()
             msg_id = self.client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
             sent = {"stdout": 0, "stderr": 0}
@@ -118,8 +119,9 @@ class Driver:
                     outcome["restarted"] = True
                     break
                 if not self.manager.is_alive():
-                    code_note = self._death_note()
-                    send({"ev": "stderr", "data": code_note})
+                    out_of_memory = _oom_kills() > oom_kills_before
+                    send({"ev": "stderr", "data": self._death_note()})
+                    outcome["oom_killed"] = out_of_memory
                     outcome["exit_code"] = 137
                     self.restart()
                     outcome["restarted"] = True
@@ -195,6 +197,19 @@ class Driver:
         status = process.poll() if process is not None else None
         how = "killed by signal %d" % -status if status is not None and status < 0 else "exited (%s)" % status
         return "\n[nexus: the Python kernel %s and was restarted: its state was lost]\n" % how
+
+
+def _oom_kills():
+    """The OOM killer's count for the box's memory cgroup, where the box can see it (a container can)."""
+    for path in ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"):
+        try:
+            with open(path) as counters:
+                for line in counters:
+                    if line.startswith("oom_kill "):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return 0
 
 
 def _descendants(root):

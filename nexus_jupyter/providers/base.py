@@ -45,6 +45,9 @@ def box_environment(path: str, extra: dict | None = None) -> dict:
         "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
         "MPLBACKEND": "Agg",
+        # Tools' caches and profiles go to /tmp, not into the user's files.
+        "IPYTHONDIR": "/tmp/.nexus/ipython",
+        "MPLCONFIGDIR": "/tmp/.nexus/matplotlib",
     }
     env.update(extra or {})
     return env
