@@ -169,13 +169,18 @@ class SandboxMagics(Magics):
     def _default_sandbox(self, ttl: int | None, provider: str | None, template: str | None) -> str:
         if self.current is not None:
             try:
-                if self.manager.sandbox_status(self.current)["status"] == "active":
-                    return self.current
+                status = self.manager.sandbox_status(self.current)["status"]
             except SandboxError:
-                pass
+                status = "stopped"
+            if status == "paused":
+                raise UsageError(f"this notebook's sandbox {self.current} is paused: run %sandbox resume")
+            if status == "active":
+                return self.current
         name = self._notebook_sandbox_name()
-        live = [r for r in self.manager.store.find_by_name(name, self.manager.user_id) if r["status"] == "active"]
+        live = self.manager.store.find_by_name(name, self.manager.user_id)
         if live:
+            if live[0]["status"] == "paused":
+                raise UsageError(f"this notebook's sandbox {live[0]['sandbox_id']} is paused: run %sandbox resume")
             self.current = live[0]["sandbox_id"]
         else:
             record = self.manager.sandbox_create(

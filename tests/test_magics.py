@@ -239,3 +239,16 @@ def test_the_panel_magic_shows_the_widget(notebook):
     cell = run_cell(client, "%sandbox panel --refresh 0")
     assert cell.status == "ok", cell.reply
     assert any("application/vnd.jupyter.widget-view+json" in bundle for bundle in cell.results + cell.displays)
+
+
+def test_a_paused_default_sandbox_is_reported_not_replaced(notebook):
+    client, *_ = notebook
+    run_cell(client, "%%sandbox\nbefore_pause = 1")
+    sandbox = current_sandbox(client)
+    run_cell(client, "%sandbox pause")
+    cell = run_cell(client, "%%sandbox\nprint(before_pause)")
+    assert cell.status == "error" and cell.reply["ename"] == "UsageError"
+    assert "paused: run %sandbox resume" in cell.text("stderr")
+    run_cell(client, "%sandbox resume")
+    assert current_sandbox(client) == sandbox
+    assert run_cell(client, "%%sandbox\nprint(before_pause)").text() == "1\n"
