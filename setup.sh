@@ -36,8 +36,10 @@ case "$mode" in
     echo "==> executing notebooks/quickstart.ipynb and notebooks/data-analysis.ipynb (outputs in notebooks/executed/)"
     mkdir -p notebooks/executed
     for nb in quickstart data-analysis; do
-      (cd notebooks/executed && "$PYTHON" -m jupyter nbconvert --to notebook --execute \
-         --ExecutePreprocessor.timeout=300 --output "$nb.ipynb" "../$nb.ipynb")
+      # executed in a copy, so the files it makes (sales.csv, report.md) land beside it, not in the sources
+      cp "notebooks/$nb.ipynb" notebooks/executed/
+      "$PYTHON" -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=300 \
+        "notebooks/executed/$nb.ipynb"
     done
     ;;
   *)
@@ -45,6 +47,7 @@ case "$mode" in
     echo "==> starting JupyterLab on notebooks/quickstart.ipynb (Ctrl-C to stop; ./setup.sh --headless runs it without a browser)"
     lab_args=(--notebook-dir="$PWD/notebooks")
     [ "$(id -u)" = 0 ] && lab_args+=(--allow-root)
+    [ -z "${DISPLAY:-}" ] && lab_args+=(--no-browser)
     exec "$PYTHON" -m jupyter lab "${lab_args[@]}" "$PWD/notebooks/quickstart.ipynb"
     ;;
 esac
