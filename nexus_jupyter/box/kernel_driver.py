@@ -29,6 +29,8 @@ import sys
 import threading
 import time
 
+# The agent sits beside this file (the driver runs without -I, so its directory is on sys.path).
+from agent import _descendants, _oom_kills
 from jupyter_client.manager import KernelManager
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -197,36 +199,6 @@ class Driver:
         status = process.poll() if process is not None else None
         how = "killed by signal %d" % -status if status is not None and status < 0 else "exited (%s)" % status
         return "\n[nexus: the Python kernel %s and was restarted: its state was lost]\n" % how
-
-
-def _oom_kills():
-    """The OOM killer's count for the box's memory cgroup, where the box can see it (a container can)."""
-    for path in ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"):
-        try:
-            with open(path) as counters:
-                for line in counters:
-                    if line.startswith("oom_kill "):
-                        return int(line.split()[1])
-        except (OSError, ValueError):
-            continue
-    return 0
-
-
-def _descendants(root):
-    children = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name, "rb") as stat:
-                    children.setdefault(int(stat.read().rsplit(b")", 1)[1].split()[1]), []).append(int(name))
-            except (OSError, IndexError, ValueError):
-                continue
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def serve_connection(driver, conn):
