@@ -57,6 +57,7 @@ def test_data_analysis(workdir):
     assert "<table" in summary[0]["text/html"] and "north" in summary[0]["text/html"]
     chart = outputs(cells[4])[1]
     assert any("image/png" in bundle for bundle in chart)
+    assert [out for out in cells[4].outputs if out.get("name") == "stderr"] == []  # e.g. no fontconfig warnings
     assert "Best region:" in outputs(cells[5])[0]
     assert (workdir / "report.md").read_text().startswith("# Sales report")
     assert "Rows: 48" in outputs(cells[7])[0]

@@ -33,6 +33,7 @@ ETC_FILES = (
     "mime.types",
     "protocols",
     "services",
+    "fonts",  # fontconfig: matplotlib and friends warn without it
 )
 TOP_LEVEL_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
