@@ -28,6 +28,7 @@ from IPython.display import display
 from traitlets import Float, Int, Unicode
 
 from .errors import SandboxError, SandboxTimeout
+from .formatting import columns
 from .manager import SandboxManager
 from .validation import LANGUAGE_ALIASES, LANGUAGES
 
@@ -82,9 +83,7 @@ class SandboxTable:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def __repr__(self) -> str:
-        rows = [list(self.COLUMNS), *self._rows()]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self.COLUMNS))]
-        return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+        return columns([list(self.COLUMNS), *self._rows()])
 
 
 def _parser(prog: str, *arguments: tuple[tuple, dict]) -> MagicArgumentParser:

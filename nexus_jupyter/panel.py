@@ -10,29 +10,21 @@ from __future__ import annotations
 
 import html
 import threading
-import time
-from datetime import datetime, timezone
 
 import ipywidgets as widgets
 
 from .errors import SandboxError
+from .formatting import duration, seconds_left
 from .manager import SandboxManager
 
 COLUMNS = ("Name", "Sandbox ID", "Provider", "Status", "Uptime", "Time left", "")
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
-
-
 def _time_left(record: dict) -> str:
-    if not record.get("expires_at"):
+    left = seconds_left(record)
+    if left is None:
         return "paused" if record["status"] == "paused" else "-"
-    expires = datetime.fromisoformat(record["expires_at"]).replace(tzinfo=timezone.utc).timestamp()
-    return _duration(expires - time.time())
+    return duration(left)
 
 
 class SandboxPanel:
@@ -94,7 +86,7 @@ class SandboxPanel:
                     sandbox_id,
                     record["provider"],
                     record["status"],
-                    _duration(record["uptime_seconds"]),
+                    duration(record["uptime_seconds"]),
                     _time_left(record),
                 )
             ]

@@ -204,46 +204,51 @@ def wait_for_pool(backend, size: int, timeout: float = 60) -> None:
     assert len(backend._pool_containers()) == size
 
 
-def test_the_warm_pool_hands_out_started_containers_and_refills(data_dir):
-    nx = SandboxManager(data_dir, provider="docker", warm_pool=2)
-    backend = nx.provider("docker")
-    try:
+@pytest.fixture
+def warm_pool(data_dir):
+    """A manager whose Docker provider keeps ``size`` started containers; drained afterwards."""
+    made = []
+
+    def make(size: int):
+        nx = SandboxManager(data_dir, provider="docker", warm_pool=size)
+        backend = nx.provider("docker")
+        made.append(backend)
         backend.fill_pool()
-        wait_for_pool(backend, 2)
-        record = nx.sandbox_create("from-pool", memory_mb=512, env={"GREETING": "hello"})
-        sandbox = record["sandbox_id"]
-        state = nx.store.get(sandbox)["provider_state"]
-        assert state["pool_slot"].startswith("pool-")
-        container = container_of(nx, sandbox)
-        assert container.name.endswith(sandbox)
-        assert container.attrs["HostConfig"]["Memory"] == 512 << 20  # updated on claim
-        assert nx.sandbox_run(sandbox, "bash", "echo $GREETING")["stdout"] == "hello\n"
-        wait_for_pool(backend, 2)  # refilled in the background
-        # a pool container is not an orphan, and a claimed one is a sandbox like any other
-        report = nx.reap()
-        assert report["orphans"] == [] and report["pruned"] == []
-        assert nx.sandbox_stop(sandbox)["status"] == "stopped"
-        assert sandbox not in backend.box_ids()
-        # creates the pool cannot serve (network, disk) start cold
-        online = nx.sandbox_create("online", allow_internet_access=True)["sandbox_id"]
-        assert "pool_slot" not in nx.store.get(online)["provider_state"]
-    finally:
+        wait_for_pool(backend, size)
+        return nx, backend
+
+    yield make
+    for backend in made:
         backend.pool_size = 0
         backend.drain_pool()
-    assert backend._pool_containers(running=False) == []
-
-
-def test_ended_pool_containers_are_pruned_by_reap(data_dir):
-    nx = SandboxManager(data_dir, provider="docker", warm_pool=1)
-    backend = nx.provider("docker")
-    try:
-        backend.fill_pool()
-        wait_for_pool(backend, 1)
-        [spare] = backend._pool_containers()
-        spare.kill()  # as its agent does when nobody claims it for an hour
-        spare.wait()
-        assert nx.reap()["pruned"] == [spare.name.removeprefix(f"nexus-{backend.store}-")]
         assert backend._pool_containers(running=False) == []
-    finally:
-        backend.pool_size = 0
-        backend.drain_pool()
+
+
+def test_the_warm_pool_hands_out_started_containers_and_refills(warm_pool):
+    nx, backend = warm_pool(2)
+    record = nx.sandbox_create("from-pool", memory_mb=512, env={"GREETING": "hello"})
+    sandbox = record["sandbox_id"]
+    state = nx.store.get(sandbox)["provider_state"]
+    assert state["pool_slot"].startswith("pool-")
+    container = container_of(nx, sandbox)
+    assert container.name.endswith(sandbox)
+    assert container.attrs["HostConfig"]["Memory"] == 512 << 20  # updated on claim
+    assert nx.sandbox_run(sandbox, "bash", "echo $GREETING")["stdout"] == "hello\n"
+    wait_for_pool(backend, 2)  # refilled in the background
+    # a pool container is not an orphan, and a claimed one is a sandbox like any other
+    report = nx.reap()
+    assert report["orphans"] == [] and report["pruned"] == []
+    assert nx.sandbox_stop(sandbox)["status"] == "stopped"
+    assert sandbox not in backend.box_ids()
+    # creates the pool cannot serve (network, disk) start cold
+    online = nx.sandbox_create("online", allow_internet_access=True)["sandbox_id"]
+    assert "pool_slot" not in nx.store.get(online)["provider_state"]
+
+
+def test_ended_pool_containers_are_pruned_by_reap(warm_pool):
+    nx, backend = warm_pool(1)
+    [spare] = backend._pool_containers()
+    spare.kill()  # as its agent does when nobody claims it for an hour
+    spare.wait()
+    assert nx.reap()["pruned"] == [spare.name.removeprefix(f"nexus-{backend.store}-")]
+    assert backend._pool_containers(running=False) == []
