@@ -1,11 +1,33 @@
-"""Host side of the agent protocol: talk to the agent inside a box over its Unix socket."""
+"""Host side of the agent protocol: talk to the agent inside a box over its Unix socket.
+
+The box's code can write to the directory that holds the agent's socket, so
+nothing found there is trusted:
+
+- the socket is opened without following symlinks (an ``O_PATH`` descriptor of
+  the file itself, then ``connect`` through ``/proc/self/fd``), must be a socket
+  owned by the box's user, and the peer's credentials must be the box's user;
+- every request carries an HMAC of a fresh nonce under the box's own key (which
+  the box's code cannot read: it is handed to the agent in a file the agent
+  deletes, and the agent is not dumpable), and the agent's first answer proves
+  it holds the same key before anything else is sent.  A socket swapped for
+  another box's agent refuses the request; one swapped for anything else fails
+  the proof;
+- every call has an overall deadline (a run's timeout plus a grace, a fixed
+  bound for the rest), so a wedged or hostile peer can delay a caller but never
+  hang it.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import socket
+import stat
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,11 +37,82 @@ from .errors import SandboxError
 FILE_CHUNK = 256 * 1024
 OutputCallback = Callable[[str], None]
 ResultCallback = Callable[[dict], None]
-KERNEL_START_SECONDS = 180
+# How long a call may take, beyond what the caller asked for.
+RUN_GRACE_SECONDS = 15.0  # after a run's timeout: the agent's own kill, a kernel's interrupt grace
+KERNEL_START_SECONDS = 180.0  # added once, when the agent says the Python kernel is starting
+CALL_SECONDS = 10.0  # ping, touch, list, remove
+MAX_EVENT_BYTES = 64 << 20  # one event line; a 256 KiB file chunk is ~350 KiB of JSON
+PEERCRED = struct.Struct("3i")
+
+
+def file_transfer_seconds() -> float:
+    """The bound on one whole file transfer: ``NEXUS_FILE_TIMEOUT`` seconds (default 300)."""
+    try:
+        return max(float(os.environ.get("NEXUS_FILE_TIMEOUT", "") or 300), 0.1)
+    except ValueError:
+        return 300.0
+
+
+def new_agent_key() -> str:
+    """A box's own secret: the host proves requests with it, the agent its answers."""
+    return secrets.token_hex(32)
+
+
+def _mac(key: str, purpose: str, nonce: str) -> str:
+    return hmac.new(key.encode(), f"nexus-{purpose}:{nonce}".encode(), hashlib.sha256).hexdigest()
 
 
 class AgentUnreachable(SandboxError):
     """The box's agent does not answer (the box died or never started)."""
+
+
+class AgentUnresponsive(AgentUnreachable):
+    """The agent (or whatever holds its socket) did not finish answering in time."""
+
+
+class AgentImpostor(AgentUnreachable):
+    """What answered on the box's socket is not the box's agent."""
+
+
+class _Channel:
+    """One connection with an overall deadline; reads whole lines."""
+
+    def __init__(self, sock: socket.socket, deadline: float, describe: Callable[[], str]):
+        self.sock = sock
+        self.deadline = deadline
+        self.describe = describe
+        self.buffer = b""
+
+    def _remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise AgentUnresponsive(self.describe())
+        return left
+
+    def send(self, data: bytes) -> None:
+        self.sock.settimeout(self._remaining())
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise AgentUnresponsive(self.describe()) from None
+
+    def readline(self) -> bytes:
+        """The next line (without its newline), or b"" when the peer closed."""
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0:
+                line, self.buffer = self.buffer[:end], self.buffer[end + 1 :]
+                return line
+            if len(self.buffer) > MAX_EVENT_BYTES:
+                raise AgentImpostor("the sandbox's agent socket sent an over-long line")
+            self.sock.settimeout(self._remaining())
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except TimeoutError:
+                raise AgentUnresponsive(self.describe()) from None
+            if not chunk:
+                return b""
+            self.buffer += chunk
 
 
 class AgentClient:
@@ -28,11 +121,18 @@ class AgentClient:
     def __init__(
         self,
         socket_path: Path,
+        key: str | None,
+        *,
+        box_uid: int | None = None,
         is_alive: Callable[[], bool] | None = None,
         explain: Callable[[], str] | None = None,
         connect: Callable[[float], socket.socket] | None = None,
     ):
         self.socket_path = Path(socket_path)
+        self.key = key
+        # The host uid the box's processes run as, where the host can know it:
+        # the socket file and the peer must belong to it.
+        self.box_uid = box_uid
         self.is_alive = is_alive
         self.explain = explain
         # Another way to reach the agent (a relay through `docker exec`) instead of its socket.
@@ -43,22 +143,41 @@ class AgentClient:
         return AgentUnreachable(f"{message} ({detail})" if detail else message)
 
     # ---- connection
+    def _open_socket_file(self, dir_fd: int) -> int:
+        """An O_PATH descriptor of the socket file itself: a symlink is not followed, and
+        what the descriptor names cannot be swapped before we connect through it."""
+        fd = os.open(self.socket_path.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        info = os.fstat(fd)
+        if not stat.S_ISSOCK(info.st_mode) or (self.box_uid is not None and info.st_uid != self.box_uid):
+            os.close(fd)
+            what = "a symlink" if stat.S_ISLNK(info.st_mode) else "not the agent's socket"
+            raise AgentImpostor(f"the sandbox's agent socket was replaced ({what}): refusing to use it")
+        return fd
+
     def _connect(self, wait: float) -> socket.socket:
         """Connect, waiting up to ``wait`` seconds for a box that is still starting."""
-        deadline = time.monotonic() + wait
+        started = time.monotonic()
+        deadline = started + wait
         delay = 0.001
-        # A socket path is limited to 108 bytes; going through an O_PATH
-        # descriptor of its directory keeps deep data dirs working.
         try:
-            dir_fd = os.open(self.socket_path.parent, os.O_PATH)
-        except FileNotFoundError as exc:
+            # The directory is the host's own (the box only writes inside it).
+            dir_fd = os.open(self.socket_path.parent, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise AgentUnreachable("the sandbox's state directory is gone") from exc
+        except PermissionError as exc:
+            raise AgentUnreachable(f"cannot open the sandbox's state directory ({exc.strerror})") from exc
         try:
-            address = f"/proc/self/fd/{dir_fd}/{self.socket_path.name}"
             while True:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
-                    sock.connect(address)
+                    file_fd = self._open_socket_file(dir_fd)
+                    try:
+                        # A socket path is limited to 108 bytes; this one is short whatever the data dir.
+                        sock.settimeout(max(deadline - time.monotonic(), 1.0))
+                        sock.connect(f"/proc/self/fd/{file_fd}")
+                    finally:
+                        os.close(file_fd)
+                    self._check_peer(sock)
                     return sock
                 except (FileNotFoundError, ConnectionRefusedError) as exc:
                     sock.close()
@@ -67,47 +186,88 @@ class AgentClient:
                     if self.is_alive is not None and not self.is_alive():
                         raise self._unreachable("the sandbox is no longer running") from exc
                     time.sleep(delay)
-                    delay = min(delay * 2, 0.05)
+                    # A box starting takes ~0.1 s: poll finely at first, then back off.
+                    delay = min(delay * 1.5, 0.002 if time.monotonic() - started < 0.5 else 0.05)
+                except TimeoutError:
+                    sock.close()
+                    raise AgentUnresponsive("the sandbox's agent did not accept the connection") from None
+                except BaseException:
+                    sock.close()
+                    raise
         finally:
             os.close(dir_fd)
 
-    def _events(
-        self, request: dict, wait: float = 15.0, timeout: float | None = None, body: Iterator[dict] | None = None
-    ) -> Iterator[dict]:
+    def _check_peer(self, sock: socket.socket) -> None:
+        if self.box_uid is None:
+            return
+        _pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+        if uid != self.box_uid:
+            raise AgentImpostor(f"the sandbox's agent socket is held by host uid {uid}, not the sandbox's: refusing")
+
+    def _events(self, request: dict, seconds: float, wait: float = 15.0, body: Iterator[dict] | None = None):
+        """Send one request and yield its events, all within ``seconds`` (plus ``wait`` to connect)."""
+        if not self.key:
+            raise AgentImpostor("this sandbox was made by an older nexus-jupyter: stop it and create a new one")
         sock = self.connect(wait) if self.connect is not None else self._connect(wait)
+        op = request["op"]
+        channel = _Channel(
+            sock,
+            time.monotonic() + seconds,
+            lambda: f"the sandbox's agent did not answer a {op} request within {seconds:g} s (unresponsive)",
+        )
+        nonce = secrets.token_hex(16)
+        extended = False
         try:
-            sock.settimeout(timeout)
-            stream = sock.makefile("rwb", buffering=1 << 16)
-            stream.write(json.dumps(request).encode() + b"\n")
-            for message in body or ():
-                stream.write(json.dumps(message).encode() + b"\n")
-            stream.flush()
+            channel.send(
+                json.dumps({**request, "nonce": nonce, "auth": _mac(self.key, "host", nonce)}).encode() + b"\n"
+            )
+            hello = self._parse(channel.readline())
+            if hello.get("ev") == "error":
+                raise AgentImpostor(f"the sandbox's agent socket refused this sandbox's key: {hello.get('message')}")
+            proof = hello.get("proof")
+            if hello.get("ev") != "hello" or not isinstance(proof, str):
+                raise AgentImpostor("what answered on the sandbox's socket is not its agent: refusing")
+            if not hmac.compare_digest(proof, _mac(self.key, "agent", nonce)):
+                raise AgentImpostor("what answered on the sandbox's socket failed the agent's proof: refusing")
+            for message in body or ():  # streamed: a large upload is never held whole
+                channel.send(json.dumps(message).encode() + b"\n")
             while True:
-                line = stream.readline()
-                if not line:
-                    raise AgentUnreachable("the sandbox's agent closed the connection")
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    raise self._unreachable(f"the sandbox's agent answered garbage: {line[:80]!r}") from None
-                if event["ev"] == "error":
-                    raise SandboxError(event.get("message", "agent error"))
+                event = self._parse(channel.readline())
+                kind = event.get("ev")
+                if kind == "error":
+                    raise SandboxError(str(event.get("message", "agent error")))
+                if kind == "starting" and not extended:
+                    # The first Python cell also waits for the kernel to start.
+                    channel.deadline += KERNEL_START_SECONDS
+                    extended = True
+                    continue
                 yield event
-                if event["ev"] == "end":
+                if kind == "end":
                     return
-        except TimeoutError as exc:
-            raise AgentUnreachable("the sandbox's agent stopped answering") from exc
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise AgentUnreachable("the sandbox's agent closed the connection") from exc
         finally:
             sock.close()
 
-    def _single(self, request: dict, **kwargs) -> dict:
+    def _parse(self, line: bytes) -> dict:
+        if not line:
+            raise AgentUnreachable("the sandbox's agent closed the connection")
+        try:
+            event = json.loads(line)
+        except ValueError:
+            raise self._unreachable(f"the sandbox's agent answered garbage: {line[:80]!r}") from None
+        if not isinstance(event, dict):
+            raise self._unreachable(f"the sandbox's agent answered garbage: {line[:80]!r}")
+        return event
+
+    def _single(self, request: dict, seconds: float = CALL_SECONDS, **kwargs) -> dict:
         """The final event of a request whose other events carry nothing."""
-        events = list(self._events(request, **kwargs))
+        events = list(self._events(request, seconds, **kwargs))
         return events[-1] if events else {}
 
     # ---- operations
     def ping(self, wait: float = 15.0) -> dict:
-        return self._single({"op": "ping"}, wait=wait, timeout=5)
+        return self._single({"op": "ping"}, wait=wait)
 
     def touch(self, idle_timeout: float | None = None, env: dict | None = None) -> None:
         """Note activity; optionally give the box a new idle timeout and run environment."""
@@ -116,7 +276,7 @@ class AgentClient:
             request["idle_timeout"] = idle_timeout
         if env is not None:
             request["env"] = env
-        self._single(request, timeout=5)
+        self._single(request)
 
     def run(
         self,
@@ -125,7 +285,7 @@ class AgentClient:
         timeout: float,
         *,
         env: dict | None = None,
-        max_output_chars: int = 1 << 20,
+        max_output_chars: int,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         on_result: ResultCallback | None = None,
@@ -139,16 +299,15 @@ class AgentClient:
             "env": env or {},
             "max_output_chars": max_output_chars,
         }
-        # The agent enforces the deadline itself; the socket timeout only
-        # guards against an agent that died without closing the socket.
-        return self._collect(request, timeout + 30, on_stdout, on_stderr, on_result)
+        # The agent enforces the deadline itself; ours guards against one that does not.
+        return self._collect(request, timeout + RUN_GRACE_SECONDS, on_stdout, on_stderr, on_result)
 
     def execute(
         self,
         code: str,
         timeout: float,
         *,
-        max_output_chars: int = 1 << 20,
+        max_output_chars: int,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         on_result: ResultCallback | None = None,
@@ -160,16 +319,15 @@ class AgentClient:
         ``error`` (name, value, traceback; its text is also in stderr).
         """
         request = {"op": "execute", "code": code, "timeout": timeout, "max_output_chars": max_output_chars}
-        # The first cell also waits for the kernel to start.
-        return self._collect(request, timeout + KERNEL_START_SECONDS, on_stdout, on_stderr, on_result)
+        return self._collect(request, timeout + RUN_GRACE_SECONDS, on_stdout, on_stderr, on_result)
 
-    def _collect(self, request: dict, socket_timeout: float, on_stdout, on_stderr, on_result) -> dict:
+    def _collect(self, request: dict, seconds: float, on_stdout, on_stderr, on_result) -> dict:
         collected: dict[str, list[str]] = {"stdout": [], "stderr": []}
         callbacks = {"stdout": on_stdout, "stderr": on_stderr}
         results: list[dict] = []
         error = None
         end: dict = {}
-        for event in self._events(request, timeout=socket_timeout):
+        for event in self._events(request, seconds):
             kind = event["ev"]
             if kind in collected:
                 collected[kind].append(event["data"])
@@ -214,16 +372,21 @@ class AgentClient:
                     yield {"chunk": base64.b64encode(block).decode()}
             yield {"eof": True}
 
-        return self._single({"op": "files.write", "path": path}, timeout=120, body=chunks())
+        return self._single({"op": "files.write", "path": path}, file_transfer_seconds(), body=chunks())
 
-    def read_file_chunks(self, path: str) -> Iterator[bytes]:
-        """Yield the file's bytes in chunks, never holding it whole."""
-        for event in self._events({"op": "files.read", "path": path}, timeout=120):
+    def read_file_chunks(self, path: str, max_bytes: int) -> Iterator[bytes]:
+        """Yield the file's bytes in chunks, never holding it whole; a file over ``max_bytes`` is refused."""
+        received = 0
+        for event in self._events({"op": "files.read", "path": path, "max_bytes": max_bytes}, file_transfer_seconds()):
             if event["ev"] == "chunk":
-                yield base64.b64decode(event["chunk"])
+                chunk = base64.b64decode(event["chunk"])
+                received += len(chunk)
+                if received > max_bytes:
+                    raise SandboxError(f"the file is over the {max_bytes}-byte transfer limit")
+                yield chunk
 
     def list_files(self, path: str) -> dict:
-        return self._single({"op": "files.list", "path": path}, timeout=30)
+        return self._single({"op": "files.list", "path": path})
 
     def remove_file(self, path: str) -> dict:
-        return self._single({"op": "files.remove", "path": path}, timeout=30)
+        return self._single({"op": "files.remove", "path": path})

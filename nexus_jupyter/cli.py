@@ -15,8 +15,8 @@ import time
 
 import click
 
-from .errors import InvalidArgument, SandboxError, SandboxTimeout
-from .formatting import columns, duration, seconds_left
+from .errors import InvalidArgument, SandboxError
+from .formatting import columns, duration, printable, seconds_left
 
 json_option = click.option("--json", "-j", "as_json", is_flag=True, help="Output as JSON")
 
@@ -64,7 +64,7 @@ def _print_record(record: dict, headline: str | None = None) -> None:
     if not headline:
         click.echo(f"Sandbox {record['sandbox_id']}")
     for label, value in rows:
-        click.echo(f"  {label + ':':<13}{value}")
+        click.echo(f"  {label + ':':<13}{printable(value)}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -212,7 +212,7 @@ def _table(records: list[dict], verify: bool) -> None:
         if verify:
             seen = record.get("provider_status") or "unknown"
             row.append(seen if record.get("verified") else f"no ({seen})")
-        rows.append(row)
+        rows.append([printable(cell) for cell in row])
     click.echo(columns(rows))
 
 
@@ -286,7 +286,10 @@ def reap(as_json):
 def upload(sandbox_id, local_path, dest, as_json):
     """Copy a local file into the sandbox (to DEST, default: its name in the home directory)."""
     done = _manager().sandbox_upload_file(sandbox_id, local_path, dest)
-    _print_json(done) if as_json else click.echo(f"Uploaded {local_path} -> {done['path']} ({done['size']} bytes)")
+    if as_json:
+        _print_json(done)
+    else:
+        click.echo(f"Uploaded {printable(local_path)} -> {printable(done['path'])} ({done['size']} bytes)")
 
 
 @sandbox.command()
@@ -303,7 +306,10 @@ def download(sandbox_id, path, local_path, as_json):
         sys.stdout.buffer.flush()
         return
     done = nx.sandbox_download_file(sandbox_id, path, local_path or os.path.basename(path.rstrip("/")) or "download")
-    _print_json(done) if as_json else click.echo(f"Downloaded {path} -> {done['path']} ({done['size']} bytes)")
+    if as_json:
+        _print_json(done)
+    else:
+        click.echo(f"Downloaded {printable(path)} -> {printable(done['path'])} ({done['size']} bytes)")
 
 
 @sandbox.command()
@@ -318,7 +324,7 @@ def files(sandbox_id, path, as_json):
         return
     for entry in entries:
         suffix = "/" if entry["type"] == "dir" else ""
-        click.echo(f"{entry['size']:>12}  {entry['name']}{suffix}")
+        click.echo(f"{entry['size']:>12}  {printable(entry['name'])}{suffix}")
 
 
 @sandbox.group()
@@ -350,16 +356,13 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         main.main(args=argv, prog_name="nexus", standalone_mode=False)
         return 0
-    except SandboxTimeout as exc:
-        click.echo(f"Error: {exc}", err=True)
-        return exc.exit_code
-    except SandboxError as exc:
-        click.echo(f"Error: {exc}", err=True)
+    except SandboxError as exc:  # SandboxTimeout included: exit code 124
+        click.echo(f"Error: {printable(exc)}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"Error: {exc.format_message()}", err=True)
+        click.echo(f"Error: {printable(exc.format_message())}", err=True)
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("Error: interrupted", err=True)
@@ -369,7 +372,9 @@ def cli(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("NEXUS_DEBUG"):
             raise
-        click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (set NEXUS_DEBUG=1 for details)", err=True)
+        click.echo(
+            f"Error: unexpected {type(exc).__name__}: {printable(exc)} (set NEXUS_DEBUG=1 for details)", err=True
+        )
         return 1
 
 

@@ -5,8 +5,12 @@ Shared by the CLI, the magics and the panel so they say the same thing the same 
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timezone
+
+# C0 and C1 control characters and DEL: what a terminal would act on rather than show.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def duration(seconds: float) -> str:
@@ -42,3 +46,11 @@ def columns(rows: list[list[str]]) -> str:
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     )
+
+
+def printable(value) -> str:
+    """Text safe to show a person: control characters (escape sequences, newlines) from a
+    sandbox's file names or a caller's input appear as escapes, never act on the terminal.
+    Used for names and metadata only: a run's own output is the program's, shown as it is."""
+    text = "-" if value is None else str(value)
+    return CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), text)

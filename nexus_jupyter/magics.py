@@ -28,7 +28,7 @@ from IPython.display import display
 from traitlets import Float, Int, Unicode
 
 from .errors import SandboxError, SandboxTimeout
-from .formatting import columns
+from .formatting import columns, printable
 from .manager import SandboxManager
 from .validation import LANGUAGE_ALIASES, LANGUAGES
 
@@ -70,10 +70,7 @@ class SandboxTable:
         self.records = records
 
     def _rows(self) -> list[list[str]]:
-        return [
-            [str(record.get(column) if record.get(column) is not None else "-") for column in self.COLUMNS]
-            for record in self.records
-        ]
+        return [[printable(record.get(column)) for column in self.COLUMNS] for record in self.records]
 
     def _repr_html_(self) -> str:
         from html import escape
@@ -206,7 +203,7 @@ class SandboxMagics(Magics):
         except SandboxTimeout:
             raise
         except SandboxError as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(printable(exc)) from None
 
     def _cell(self, line: str, cell: str):
         args = _parse(CELL_PARSER, line)
@@ -275,7 +272,7 @@ class SandboxMagics(Magics):
         )
         self.current = record["sandbox_id"]
         print(
-            f"Created sandbox {record['sandbox_id']} ({record['name']}, {record['provider']}): "
+            f"Created sandbox {record['sandbox_id']} ({printable(record['name'])}, {record['provider']}): "
             "the default for %%sandbox cells now"
         )
         return record
@@ -305,7 +302,7 @@ class SandboxMagics(Magics):
         if record["status"] != "active":
             raise UsageError(f"Sandbox {record['sandbox_id']} is {record['status']}")
         self.current = record["sandbox_id"]
-        print(f"%%sandbox cells now run in {record['sandbox_id']} ({record['name']})")
+        print(f"%%sandbox cells now run in {record['sandbox_id']} ({printable(record['name'])})")
 
     def _verb_upload(self, args):
         done = self.manager.sandbox_upload_file(self._target(args), args.local, args.dest)

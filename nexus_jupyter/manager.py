@@ -8,10 +8,12 @@ any sandbox.  Methods return the seed's dicts.
 
 from __future__ import annotations
 
+import errno
 import getpass
 import os
 import secrets
 import string
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,13 +32,26 @@ from .errors import (
 )
 from .providers.base import BoxSpec, Provider, provider_class
 from .store import LIVE_STATUSES, Store, to_record
-from .validation import check_code, check_path, normalize_language, positive_number, truthy, whole_number
+from .validation import (
+    check_code,
+    check_env,
+    check_path,
+    normalize_language,
+    positive_number,
+    truthy,
+    whole_number,
+)
 
 DEFAULT_TTL_MINUTES = 10
 MAX_TTL_MINUTES = 7 * 24 * 60
 DEFAULT_TIMEOUT_SECONDS = 30
 MAX_TIMEOUT_SECONDS = 24 * 3600
 MAX_OUTPUT_CHARS = 1 << 20
+DEFAULT_MEMORY_MB = 1024
+DEFAULT_DISK_MB = 512
+# A box's files live in memory (tmpfs): they may use all of its memory limit but this.
+MEMORY_FOR_PROCESSES_MB = 128
+DEFAULT_MAX_FILE_MB = 256  # the largest file read or downloaded from a box (NEXUS_MAX_FILE_MB)
 # A box started but never marked active within this time is taken as a failed create.
 CREATE_GRACE_SECONDS = 120
 # The agent ends its box itself this long after the TTL, in case no reaper runs.
@@ -143,36 +158,44 @@ class SandboxManager:
         agent_id: str | None = None,
         tenant_id: str | None = None,
         allow_internet_access: bool = False,
-        memory_mb: int = 1024,
+        memory_mb: int = DEFAULT_MEMORY_MB,
         cpus: float = 1.0,
         max_processes: int = 256,
-        disk_mb: int = 512,
+        disk_mb: int | None = None,
         env: dict | None = None,
     ) -> dict:
         """Create a sandbox; returns its 15-field record.
 
-        Raises InvalidArgument for bad values and ProviderUnavailable when the
-        provider cannot run here.
+        ``disk_mb`` bounds every file the sandbox writes (home, /tmp); they live in
+        memory, so it defaults to 512 or half of ``memory_mb``, and may be at most
+        ``memory_mb`` less 128.  Raises InvalidArgument for bad values (before
+        anything is made) and ProviderUnavailable when the provider cannot run here
+        or the sandbox does not start.
         """
         if not isinstance(name, str) or not name.strip():
             raise InvalidArgument("a sandbox name is required")
         if len(name) > 200 or any(ch in name for ch in "\0\n\r"):
             raise InvalidArgument("a sandbox name is one line of at most 200 characters")
         ttl = whole_number(ttl_minutes, "ttl_minutes", 1, MAX_TTL_MINUTES)
+        provider_name = provider or self.default_provider
+        backend = self.provider(provider_name)
+        memory = whole_number(memory_mb, "memory_mb", 64, backend.memory_capacity_mb() or 1 << 20)
+        if disk_mb is None:
+            disk = min(DEFAULT_DISK_MB, memory // 2)
+        else:
+            disk = whole_number(disk_mb, "disk_mb", 16, max(memory - MEMORY_FOR_PROCESSES_MB, 16))
         spec = BoxSpec(
             sandbox_id="sb_" + "".join(secrets.choice(ID_ALPHABET) for _ in range(16)),
             template_id=template_id,
             allow_internet=bool(allow_internet_access),
-            memory_mb=whole_number(memory_mb, "memory_mb", 64, 1 << 20),
+            memory_mb=memory,
             cpus=positive_number(cpus, "cpus", os.cpu_count() or 1),
             max_processes=whole_number(max_processes, "max_processes", 8, 1 << 16),
-            disk_mb=whole_number(disk_mb, "disk_mb", 16, 1 << 22),
-            env={str(k): str(v) for k, v in (env or {}).items()},
+            disk_mb=disk,
+            env=check_env(env),
             idle_timeout_seconds=ttl * 60 + AGENT_EXPIRY_GRACE_SECONDS,
             owner=self.user_id,
         )
-        provider_name = provider or self.default_provider
-        backend = self.provider(provider_name)
         self._reap_expired()
         now = time.time()
         # The row is written before the box exists, so a crash mid-create
@@ -201,8 +224,10 @@ class SandboxManager:
                 },
             }
         )
+        state: dict = {}
         try:
             state = backend.create(spec)
+            backend.check_started(spec.sandbox_id, state)
         except BaseException as exc:
             self.store.update(
                 spec.sandbox_id,
@@ -214,7 +239,7 @@ class SandboxManager:
                 },
             )
             try:
-                backend.destroy(spec.sandbox_id, {})
+                backend.destroy(spec.sandbox_id, state)
             except Exception:
                 pass
             raise
@@ -277,8 +302,7 @@ class SandboxManager:
                     row["sandbox_id"], row["provider_state"], language, code, seconds, env=env, **callbacks
                 )
         except AgentUnreachable as exc:
-            self._mark_vanished(row, backend)
-            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}") from None
+            raise self._unreachable(row, backend, exc) from None
         finally:
             self._touch(row)
         result = {
@@ -293,14 +317,17 @@ class SandboxManager:
             raise SandboxTimeout(f"Code execution exceeded {timeout:g} second timeout", result)
         return result
 
-    def _mark_vanished(self, row: dict, backend: Provider) -> None:
-        """A box that stopped answering: if its provider no longer has it, the row says so."""
+    def _unreachable(self, row: dict, backend: Provider, exc: AgentUnreachable) -> SandboxStateError:
+        """The error for a box whose agent did not answer; if its provider no longer has
+        the box, the row says so.  A box that is there but unresponsive stays as it is."""
         try:
             gone = backend.inspect(row["sandbox_id"], row["provider_state"]) == "stopped"
         except SandboxError:
-            return
+            gone = False
         if gone:
             self._stop_row(row, reason="vanished")
+            return SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}")
+        return SandboxStateError(f"Sandbox {row['sandbox_id']} did not answer: {exc}")
 
     # ---- state transitions
     def sandbox_pause(self, sandbox_id: str) -> dict:
@@ -357,7 +384,11 @@ class SandboxManager:
         """Destroy the sandbox and everything in it.  Stopping a stopped sandbox is not an error."""
         self._reap_expired()
         row = self._resolve(sandbox_id)
-        self._stop_row(row, reason="stopped")
+        if not self._stop_row(row, reason="stopped") and row["status"] not in LIVE_STATUSES:
+            # Stopped already: finish the job if an earlier stop was killed before its box was gone.
+            backend = self.provider(row["provider"])
+            if backend.inspect(row["sandbox_id"], row["provider_state"]) != "stopped":
+                backend.destroy(row["sandbox_id"], row["provider_state"])
         return to_record(self.store.get(row["sandbox_id"]))
 
     def _stop_row(self, row: dict, reason: str) -> bool:
@@ -407,13 +438,18 @@ class SandboxManager:
         return {"sandboxes": records}
 
     def _verify(self, row: dict) -> tuple[bool, str | None]:
-        """Ask the provider what it holds; correct the row if the box vanished or froze."""
-        if row["status"] not in ("active", "paused"):
-            return True, "stopped" if row["status"] != "creating" else "creating"
+        """Ask the provider what it holds; correct the row if the box vanished or froze.
+
+        A stopped row whose box is still there (a stop killed midway) reports what
+        the provider sees, unverified, until ``reap`` finishes the job."""
+        if row["status"] == "creating":
+            return True, "creating"
         try:
             seen = self.provider(row["provider"]).inspect(row["sandbox_id"], row["provider_state"])
         except SandboxError:
             return False, None
+        if row["status"] not in ("active", "paused"):
+            return seen == "stopped", seen
         if seen == "stopped":
             self._stop_row(row, reason="vanished")
         elif seen != row["status"]:
@@ -474,6 +510,14 @@ class SandboxManager:
         return report
 
     # ---- files
+    @staticmethod
+    def max_file_bytes() -> int:
+        """The largest file a read or download takes from a box: ``NEXUS_MAX_FILE_MB`` MiB (default 256)."""
+        raw = os.environ.get("NEXUS_MAX_FILE_MB", "").strip()
+        if not raw:
+            return DEFAULT_MAX_FILE_MB << 20
+        return whole_number(raw, "NEXUS_MAX_FILE_MB", 1, 1 << 20) << 20
+
     def _file_target(self, sandbox_id: str) -> tuple[dict, Provider]:
         self._reap_expired()
         row = self._resolve(sandbox_id)
@@ -488,7 +532,7 @@ class SandboxManager:
         try:
             yield
         except AgentUnreachable as exc:
-            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}") from None
+            raise SandboxStateError(f"Sandbox {row['sandbox_id']} did not answer: {exc}") from None
         except SandboxError as exc:
             raise SandboxError(f"cannot {verb} {path}: {exc}") from None
 
@@ -515,9 +559,10 @@ class SandboxManager:
     def sandbox_read_file_chunks(self, sandbox_id: str, path: str) -> Iterator[bytes]:
         """The file's bytes in chunks, without holding it whole."""
         path = check_path(path)
+        limit = self.max_file_bytes()
         row, backend = self._file_target(sandbox_id)
         with self._file_errors(row, "read", path):
-            yield from backend.read_file_chunks(row["sandbox_id"], row["provider_state"], path)
+            yield from backend.read_file_chunks(row["sandbox_id"], row["provider_state"], path, limit)
 
     def sandbox_read_file(self, sandbox_id: str, path: str) -> bytes:
         """The whole file's bytes."""
@@ -526,22 +571,19 @@ class SandboxManager:
     def sandbox_download_file(self, sandbox_id: str, path: str, local_path: str | Path) -> dict:
         """Copy a file out of the sandbox (streamed); returns ``{"path", "size"}`` of the local file.
 
-        The local file appears only once the copy is complete.
+        The local file appears only once the copy is complete, replacing what was
+        there (a symlink is replaced, never followed); a copy that fails or is
+        killed leaves nothing behind.
         """
         local = Path(local_path)
-        partial = local.with_name(local.name + ".partial")
         size = 0
         try:
-            with open(partial, "wb") as target:
+            with AtomicFile(local) as target:
                 for chunk in self.sandbox_read_file_chunks(sandbox_id, path):
                     target.write(chunk)
                     size += len(chunk)
-            os.replace(partial, local)
         except OSError as exc:
-            raise InvalidArgument(f"cannot write {local}: {exc.strerror}") from None
-        finally:
-            if partial.exists():
-                partial.unlink()
+            raise InvalidArgument(f"cannot write {local}: {exc.strerror or exc}") from None
         return {"path": str(local), "size": size}
 
     def sandbox_list_files(self, sandbox_id: str, path: str = ".") -> list[dict]:
@@ -550,3 +592,66 @@ class SandboxManager:
         row, backend = self._file_target(sandbox_id)
         with self._file_errors(row, "list", path):
             return backend.list_files(row["sandbox_id"], row["provider_state"], path)["entries"]
+
+
+class AtomicFile:
+    """A file written in full or not at all: an unnamed file in the target's directory
+    (``O_TMPFILE``: a process killed mid-write leaves nothing), named only when complete,
+    then renamed over the target.  Where the filesystem has no ``O_TMPFILE``, a file
+    created exclusively under a random name, removed on failure."""
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.directory = target.parent if str(target.parent) else Path(".")
+        self.fd = -1
+        self.temporary: str | None = None
+
+    def __enter__(self):
+        try:
+            self.fd = os.open(self.directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            self.fd, self.temporary = tempfile.mkstemp(
+                dir=self.directory, prefix=f".{self.target.name}.", suffix=".partial"
+            )
+        return self
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def __exit__(self, kind, value, traceback) -> None:
+        try:
+            if kind is None:
+                os.fchmod(self.fd, 0o666 & ~_umask())
+                if self.temporary is None:
+                    self.temporary = str(self.directory / f".{self.target.name}.{secrets.token_hex(6)}.partial")
+                    # linkat(AT_SYMLINK_FOLLOW) names the open file; Python calls it only when given a dir fd.
+                    proc = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY)
+                    try:
+                        os.link(str(self.fd), self.temporary, src_dir_fd=proc, follow_symlinks=True)
+                    finally:
+                        os.close(proc)
+                os.replace(self.temporary, self.target)
+                self.temporary = None
+        finally:
+            os.close(self.fd)
+            if self.temporary is not None:
+                try:
+                    os.unlink(self.temporary)
+                except FileNotFoundError:
+                    pass
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022

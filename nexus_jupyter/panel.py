@@ -14,7 +14,7 @@ import threading
 import ipywidgets as widgets
 
 from .errors import SandboxError
-from .formatting import duration, seconds_left
+from .formatting import duration, printable, seconds_left
 from .manager import SandboxManager
 
 COLUMNS = ("Name", "Sandbox ID", "Provider", "Status", "Uptime", "Time left", "")
@@ -80,7 +80,7 @@ class SandboxPanel:
         for record in records:
             sandbox_id = record["sandbox_id"]
             cells += [
-                widgets.HTML(html.escape(str(value)))
+                widgets.HTML(html.escape(printable(value)))
                 for value in (
                     record["name"],
                     sandbox_id,

@@ -131,7 +131,7 @@ class Store:
 
     def _open(self) -> sqlite3.Connection:
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._make_private()
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
             conn.row_factory = sqlite3.Row
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -157,6 +157,19 @@ class Store:
             raise StoreError(f"cannot use the state database {self.path}: {exc}") from exc
         except OSError as exc:
             raise StoreError(f"cannot use the data directory {self.data_dir}: {exc.strerror}") from exc
+
+    def _make_private(self) -> None:
+        """The data dir is its owner's alone (0700) and the database 0600: other users of
+        the machine must not read sandboxes' state or reach their boxes' directories.
+        SQLite gives its -wal and -shm files the database's own mode."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.data_dir.stat().st_uid == os.geteuid() and self.data_dir.stat().st_mode & 0o077:
+            self.data_dir.chmod(0o700)
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            if self.path.stat().st_uid == os.geteuid() and self.path.stat().st_mode & 0o077:
+                self.path.chmod(0o600)
 
     def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 from .errors import InvalidArgument
 
 LANGUAGES = ("python", "javascript", "bash")
@@ -27,7 +30,7 @@ def whole_number(value, what: str, minimum: int, maximum: int) -> int:
         number = float(value)
     except ValueError:
         raise InvalidArgument(f"{what} must be a whole number, got {value!r}") from None
-    if number != int(number) or not minimum <= number <= maximum:
+    if not math.isfinite(number) or number != int(number) or not minimum <= number <= maximum:
         raise InvalidArgument(f"{what} must be a whole number from {minimum} to {maximum}, got {value!r}")
     return int(number)
 
@@ -40,7 +43,7 @@ def positive_number(value, what: str, maximum: float, unit: str = "") -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise InvalidArgument(f"{what} must be a number{unit_text}, got {value!r}") from None
-    if not 0 < number <= maximum:
+    if not math.isfinite(number) or not 0 < number <= maximum:
         raise InvalidArgument(f"{what} must be more than 0 and at most {maximum:g}{unit_text}, got {value!r}")
     return number
 
@@ -76,3 +79,22 @@ def check_path(path) -> str:
     if "\0" in path:
         raise InvalidArgument("the file path contains a NUL byte")
     return path
+
+
+def check_env(env) -> dict[str, str]:
+    """Environment variables for runs: a mapping of names to text, each usable by execve."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise InvalidArgument(f"env must be a mapping of names to values, got {type(env).__name__}")
+    checked = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise InvalidArgument(f"env name {key!r} is not usable: a non-empty name without '=' or NUL")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise InvalidArgument(f"env value of {key} must be text, got {type(value).__name__}")
+        text = str(value)
+        if "\0" in text:
+            raise InvalidArgument(f"env value of {key} contains a NUL byte")
+        checked[key] = text
+    return checked

@@ -18,20 +18,24 @@ This file is stdlib-only and must keep working on any Python >= 3.8 that a
 box may contain: it is mounted read-only into boxes, not imported there.
 """
 
-import base64
+import binascii
 import codecs
 import ctypes
 import errno
+import hashlib
+import hmac
 import json
 import os
 import resource
 import selectors
 import signal
 import socket
+import stat
 import sys
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_DUMPABLE = 4
 READ_CHUNK = 65536
 FILE_CHUNK = 256 * 1024
 MAX_REQUEST_LINE = 64 << 20
@@ -41,6 +45,11 @@ CANCELLED_EXIT_CODE = 130
 LIBC = ctypes.CDLL(None, use_errno=True)
 
 SUFFIXES = {"python": ".py", "javascript": ".js", "bash": ".sh"}
+# Runs and the kernel start through this, so the OOM killer takes them before
+# the agent.  Set after an exec, not before: until then the process is a
+# non-dumpable copy of the agent (the key in its memory), and /proc/self is
+# not its own to write.
+OOM_FIRST = ["/bin/sh", "-c", 'echo 1000 > /proc/self/oom_score_adj 2>/dev/null; exec "$@"', "sh"]
 
 
 class Config:
@@ -54,6 +63,7 @@ class Config:
         self.interpreters = {"python": sys.executable, "javascript": "node", "bash": "/bin/bash"}
         self.env = {}
         self.limits = {}
+        self.key = ""
         args = iter(argv)
         for flag in args:
             value = next(args)
@@ -64,16 +74,32 @@ class Config:
             elif flag == "--idle-timeout":
                 self.idle_timeout = float(value)
             elif flag == "--config-file":
-                # A file, not argv: environment values must not show in `ps`
-                # or `docker inspect`.  Read once, then removed.
-                with open(value) as config_file:
-                    extra = json.load(config_file)
-                os.unlink(value)
+                # A file (or "-": one line on standard input), not argv: environment
+                # values and the key must not show in `ps` or `docker inspect`.
+                # Read once, then removed.
+                if value == "-":
+                    extra = json.loads(_read_line(0))
+                else:
+                    with open(value) as config_file:
+                        extra = json.load(config_file)
+                    os.unlink(value)
                 self.interpreters.update(extra.get("interpreters", {}))
                 self.env = extra.get("env", {})
                 self.limits = extra.get("limits", {})
+                # The box's secret: requests must prove it, and answers prove it back.
+                self.key = extra.get("key", "")
             else:
                 raise SystemExit("agent: unknown flag " + flag)
+
+
+def _read_line(fd):
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
 
 
 class ClientGone(Exception):
@@ -102,9 +128,17 @@ class Connection:
         try:
             request = json.loads(line)
             handler = getattr(self, "op_" + request["op"].replace(".", "_"))
+            nonce = str(request["nonce"])
+            auth = str(request["auth"])
         except (ValueError, KeyError, TypeError, AttributeError):
             self.send({"ev": "error", "message": "bad request"})
             return
+        # Only the host holds this box's key: a request made for another box
+        # (its socket swapped for ours) or by code in the box is refused.
+        if not self.config.key or not hmac.compare_digest(auth, _mac(self.config.key, "host", nonce)):
+            self.send({"ev": "error", "message": "this is not the agent of the sandbox the request was made for"})
+            return
+        self.send({"ev": "hello", "proof": _mac(self.config.key, "agent", nonce)})
         try:
             handler(request)
         except (OSError, ValueError) as exc:
@@ -162,7 +196,10 @@ class Connection:
 
     # ---- stateful Python: forwarded to the kernel driver, started on first use
     def op_execute(self, request):
-        driver = self._kernel_driver()
+        driver = self._kernel_driver_connection()
+        if driver is None:
+            self.send({"ev": "starting"})  # the host allows for the kernel's start, once
+            driver = self._kernel_driver()
         try:
             driver.sendall((json.dumps(request) + "\n").encode())
             selector = selectors.DefaultSelector()
@@ -183,13 +220,13 @@ class Connection:
         finally:
             driver.close()
 
+    def _kernel_driver_connection(self):
+        return _try_connect(os.path.join(os.path.dirname(self.config.socket_path), "kernel.sock"))
+
     def _kernel_driver(self):
         """A connection to the kernel driver, starting it if it is not running."""
         run_dir = os.path.dirname(self.config.socket_path)
         path = os.path.join(run_dir, "kernel.sock")
-        connection = _try_connect(path)
-        if connection is not None:
-            return connection
         import fcntl
 
         with open(os.path.join(run_dir, "kernel.lock"), "w") as lock:
@@ -228,10 +265,8 @@ class Connection:
                 os.chdir(self.config.workdir)
                 for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, signal.SIG_DFL)
-                with open("/proc/self/oom_score_adj", "w") as adj:
-                    adj.write("1000")  # the OOM killer takes the kernel before the agent
                 _apply_kernel_limits(self.config.limits)
-                os.execvpe(argv[0], argv, self.config.env)
+                os.execvpe(OOM_FIRST[0], OOM_FIRST + argv, self.config.env)
             finally:
                 os._exit(127)
         os.close(pid_w)
@@ -253,7 +288,12 @@ class Connection:
         partial = path + ".nexus-partial"
         total = 0
         try:
-            with open(partial, "wb") as target:
+            os.unlink(partial)  # left by a transfer that was cut off
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as target:
                 while True:
                     line = self.reader.readline(MAX_REQUEST_LINE)
                     if not line:
@@ -261,7 +301,7 @@ class Connection:
                     message = json.loads(line)
                     if message.get("eof"):
                         break
-                    chunk = base64.b64decode(message["chunk"])
+                    chunk = binascii.a2b_base64(message["chunk"])
                     target.write(chunk)
                     total += len(chunk)
             os.replace(partial, path)
@@ -271,14 +311,29 @@ class Connection:
         self.send({"ev": "end", "path": path, "size": total})
 
     def op_files_read(self, request):
+        """Regular files only (a FIFO would block, /dev/zero never ends), up to max_bytes."""
         path = self._path(request)
-        with open(path, "rb") as source:
-            self.send({"ev": "start", "path": path, "size": os.fstat(source.fileno()).st_size})
-            while True:
+        limit = int(request.get("max_bytes", 256 << 20))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not block
+        with os.fdopen(fd, "rb") as source:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError("%s is not a regular file" % path)
+            if info.st_size > limit:
+                raise ValueError(
+                    "%s is %d bytes, over the %d-byte transfer limit (NEXUS_MAX_FILE_MB)" % (path, info.st_size, limit)
+                )
+            os.set_blocking(fd, True)
+            self.send({"ev": "start", "path": path, "size": info.st_size})
+            sent = 0
+            while sent <= limit:
                 chunk = source.read(FILE_CHUNK)
                 if not chunk:
                     break
-                self.send({"ev": "chunk", "chunk": base64.b64encode(chunk).decode()})
+                sent += len(chunk)
+                self.send({"ev": "chunk", "chunk": binascii.b2a_base64(chunk, newline=False).decode()})
+        if sent > limit:
+            raise ValueError("%s grew past the %d-byte transfer limit while being read" % (path, limit))
         self.send({"ev": "end"})
 
     def op_files_list(self, request):
@@ -376,7 +431,7 @@ class Run:
             os.dup2(err_w, 2)
             os.chdir(self.workdir)
             _apply_limits(self.limits, self.timeout)
-            os.execvpe(self.argv[0], self.argv, self.env)
+            os.execvpe(OOM_FIRST[0], OOM_FIRST + self.argv, self.env)
         except BaseException as exc:
             os.write(2, ("nexus: cannot start %s: %s\n" % (self.argv[0], exc)).encode())
         finally:
@@ -490,11 +545,6 @@ def _apply_limits(limits, timeout):
     # Where no cgroup bounds the box, these are the only process and memory limits.
     setlimit(resource.RLIMIT_NPROC, limits.get("nproc"))
     setlimit(resource.RLIMIT_AS, limits.get("address_space_bytes"))
-    try:
-        with open("/proc/self/oom_score_adj", "w") as adj:
-            adj.write("1000")  # the OOM killer takes the code before the agent
-    except OSError:
-        pass
 
 
 # Where the box can see its own memory cgroup (a container can), the OOM
@@ -541,8 +591,8 @@ def _children_map():
         if not name.isdigit():
             continue
         try:
-            with open("/proc/%s/stat" % name, "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
+            with open("/proc/%s/stat" % name, "rb") as stat_file:
+                fields = stat_file.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
         if fields[0] != b"Z":  # zombies hold nothing; the ones that are ours get reaped
@@ -603,8 +653,8 @@ def _try_connect(path):
 
 def _alive(pid):
     try:
-        with open("/proc/%d/stat" % pid, "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        with open("/proc/%d/stat" % pid, "rb") as stat_file:
+            return stat_file.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except OSError:
         return False
 
@@ -755,6 +805,10 @@ def relay(socket_path):
             return
 
 
+def _mac(key, purpose, nonce):
+    return hmac.new(key.encode(), ("nexus-%s:%s" % (purpose, nonce)).encode(), hashlib.sha256).hexdigest()
+
+
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
@@ -767,6 +821,9 @@ def main(argv=None):
         relay(args[1])
         return
     config = Config(args)
+    # Not dumpable: code in the box runs as the same user, but cannot ptrace the
+    # agent or read its memory (the key) through /proc.
+    LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     serve(config)
 

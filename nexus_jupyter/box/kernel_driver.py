@@ -19,6 +19,7 @@ Needs jupyter_client and ipykernel in the box's Python: the local provider
 runs the host's environment, the default Docker image installs them.
 """
 
+import ctypes
 import json
 import os
 import queue
@@ -35,6 +36,7 @@ from jupyter_client.manager import KernelManager
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 INTERRUPT_GRACE = 5.0  # seconds an interrupted cell has to stop before the kernel is restarted
+PR_SET_CHILD_SUBREAPER = 36
 
 
 class Driver:
@@ -77,15 +79,33 @@ class Driver:
         return getattr(process, "pid", None)
 
     def kill_cell_processes(self):
-        """Processes a timed-out cell started die with it (the kernel itself lives on)."""
-        pid = self.kernel_pid()
-        if pid is None:
-            return
-        for child in _descendants(pid):
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        """Processes a timed-out or cancelled cell started die with it (the kernel itself lives on).
+
+        The driver is a child subreaper, so a process the cell started that
+        double-forked or called setsid is still our descendant, not the agent's."""
+        kernel = self.kernel_pid()
+        for _ in range(100):
+            doomed = [pid for pid in _descendants(os.getpid()) if pid != kernel]
+            if not doomed:
+                break
+            for pid in doomed:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.reap_orphans()
+            time.sleep(0.002)
+        self.reap_orphans()
+
+    def reap_orphans(self):
+        """Collect exited orphans that were handed to us (never the kernel: its manager waits for it)."""
+        kernel = self.kernel_pid()
+        for pid in _zombie_children(os.getpid()):
+            if pid != kernel:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
 
     # ---- one cell
     def execute(self, request, send, client_gone):
@@ -93,6 +113,7 @@ class Driver:
         timeout = float(request.get("timeout", 30))
         limit = int(request.get("max_output_chars", 1 << 20))
         with self.lock:
+            self.reap_orphans()
             started = time.monotonic()
             oom_kills_before = _oom_kills()
             self._drain_iopub()
@@ -117,12 +138,16 @@ class Driver:
                             "was restarted: its state was lost]\n",
                         }
                     )
+                    send({"ev": "starting"})  # the host allows for the new kernel's start
+                    self.kill_cell_processes()
                     self.restart()
                     outcome["restarted"] = True
                     break
                 if not self.manager.is_alive():
                     out_of_memory = _oom_kills() > oom_kills_before
                     send({"ev": "stderr", "data": self._death_note()})
+                    send({"ev": "starting"})
+                    self.kill_cell_processes()
                     outcome["oom_killed"] = out_of_memory
                     outcome["exit_code"] = 137
                     self.restart()
@@ -201,6 +226,20 @@ class Driver:
         return "\n[nexus: the Python kernel %s and was restarted: its state was lost]\n" % how
 
 
+def _zombie_children(parent):
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name, "rb") as stat_file:
+                    fields = stat_file.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == b"Z" and int(fields[1]) == parent:
+                found.append(int(name))
+    return found
+
+
 def serve_connection(driver, conn):
     reader = conn.makefile("rb")
     client_gone = threading.Event()
@@ -245,6 +284,9 @@ def serve_connection(driver, conn):
 def main():
     args = {flag: sys.argv[i + 1] for i, flag in enumerate(sys.argv) if flag.startswith("--")}
     socket_path = args["--socket"]
+    # Orphans of the cells (setsid, double fork) are handed to us, not to the
+    # agent, so a timeout or cancel can kill every process a cell started.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     driver = Driver(os.path.dirname(socket_path), args.get("--workdir", os.getcwd()))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     partial = socket_path + ".starting"

@@ -11,15 +11,18 @@ in-box agent (``nexus_jupyter.agent``): that part lives here.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import os
+import pwd
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from ..agent_client import AgentClient
-from ..errors import InvalidArgument, ProviderNotSupported
+from ..agent_client import AgentClient, AgentUnreachable
+from ..errors import InvalidArgument, ProviderNotSupported, ProviderUnavailable
 
 OutputCallback = Callable[[str], None]
 OOM_NOTE = "[nexus: a process was killed: the sandbox ran out of memory]\n"
@@ -28,6 +31,49 @@ BOX_AGENT = f"{BOX_CODE}/agent.py"
 BOX_RUN = "/run/nexus"
 BOX_CODE_SOURCE = Path(__file__).resolve().parent.parent / "box"
 BOX_CODE_FILES = ("agent.py", "kernel_driver.py")
+# How long create waits for a new box's agent to answer.
+START_SECONDS = 30.0
+# Host uids for boxes: one per box, from a range no real user has (above the
+# subordinate-id ranges that rootless containers use, below 2^31).
+BOX_UID_BASE = 2_000_000_000
+BOX_UID_SPAN = 100_000_000
+
+
+def _subordinate_ranges() -> list[tuple[int, int]]:
+    ranges = []
+    for name in ("/etc/subuid", "/etc/subgid"):
+        try:
+            with open(name) as listing:
+                for line in listing:
+                    parts = line.strip().split(":")
+                    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                        ranges.append((int(parts[1]), int(parts[1]) + int(parts[2])))
+        except OSError:
+            continue
+    return ranges
+
+
+def box_host_uid(sandbox_id: str) -> int:
+    """The unprivileged host uid (and gid) a box's processes and files have: derived from
+    its id, skipping any uid a user or a subordinate-id range already has."""
+    taken = _subordinate_ranges()
+    uid = BOX_UID_BASE + int(hashlib.sha256(sandbox_id.encode()).hexdigest()[:12], 16) % BOX_UID_SPAN
+    for _ in range(1000):
+        if not any(low <= uid < high for low, high in taken):
+            try:
+                pwd.getpwuid(uid)
+            except KeyError:
+                return uid
+        uid = BOX_UID_BASE + (uid - BOX_UID_BASE + 1) % BOX_UID_SPAN
+    raise ProviderUnavailable("no free host uid for the sandbox in the range nexus-jupyter uses")
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` (and missing parents) a directory only its owner can enter."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_uid == os.geteuid():
+        path.chmod(0o700)
+    return path
 
 
 def box_environment(path: str, extra: dict | None = None) -> dict:
@@ -135,6 +181,21 @@ class Provider(ABC):
         """Warnings about weaker isolation on this machine (shown by create)."""
         return []
 
+    def memory_capacity_mb(self) -> int | None:
+        """The most memory one box can be given here (the machine's), or None if unknown."""
+        return None
+
+    def check_started(self, sandbox_id: str, state: dict) -> None:
+        """Return once the new box answers; raise ProviderUnavailable saying why it cannot start.
+
+        A box whose runtime is missing (an image without Python, an interpreter
+        the box cannot see) must fail its create, not vanish at its first run.
+        """
+        try:
+            self.agent(sandbox_id, state).ping(wait=START_SECONDS)
+        except AgentUnreachable as exc:
+            raise ProviderUnavailable(f"the sandbox did not start: {exc}") from None
+
     # ---- code and files, through the in-box agent
     def agent(self, sandbox_id: str, state: dict) -> AgentClient:
         raise ProviderNotSupported(f"the {self.name} provider has no in-box agent")
@@ -168,8 +229,8 @@ class Provider(ABC):
     def write_file(self, sandbox_id: str, state: dict, path: str, source) -> dict:
         return self.agent(sandbox_id, state).write_file(path, source)
 
-    def read_file_chunks(self, sandbox_id: str, state: dict, path: str) -> Iterator[bytes]:
-        return self.agent(sandbox_id, state).read_file_chunks(path)
+    def read_file_chunks(self, sandbox_id: str, state: dict, path: str, max_bytes: int) -> Iterator[bytes]:
+        return self.agent(sandbox_id, state).read_file_chunks(path, max_bytes)
 
     def list_files(self, sandbox_id: str, state: dict, path: str) -> dict:
         return self.agent(sandbox_id, state).list_files(path)

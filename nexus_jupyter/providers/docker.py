@@ -3,7 +3,12 @@
 The container runs the same in-box agent as the local provider (mounted
 read-only from this package, so the image need not match the package
 version); the agent's socket lives in a host directory bind-mounted into
-the container, so a run costs no ``docker exec`` (~64 ms here).
+the container, so a run costs no ``docker exec`` (~64 ms here).  That
+directory is a small tmpfs of its own (root only), so nothing the box writes
+there lands on the host's disk; elsewhere (a remote engine, or not root)
+the agent is reached through ``docker exec`` and the directory is a tmpfs
+inside the container.  Each container runs as an unprivileged uid of its
+own, from a range no real user has.
 
 Containers are found again from their labels (``nexus.store`` names the
 data directory, ``nexus.sandbox_id`` the sandbox), never from memory.
@@ -21,15 +26,29 @@ import tarfile
 import threading
 from pathlib import Path
 
-from ..agent_client import AgentClient
+from ..agent_client import AgentClient, new_agent_key
 from ..errors import ProviderUnavailable, SandboxError
-from .base import BOX_CODE, BOX_CODE_FILES, BOX_CODE_SOURCE, BOX_RUN, BoxSpec, Provider, agent_command, box_environment
-from .docker_relay import connect_through_exec
+from .base import (
+    BOX_AGENT,
+    BOX_CODE,
+    BOX_CODE_FILES,
+    BOX_CODE_SOURCE,
+    BOX_RUN,
+    BoxSpec,
+    Provider,
+    agent_command,
+    box_environment,
+    box_host_uid,
+    private_dir,
+)
+from .docker_relay import connect_through_exec, send_config_through_attach
 
 DEFAULT_IMAGE = "nexus-jupyter-sandbox:latest"
-EXEC_AGENT = f"{BOX_RUN}/agent.py"  # where the exec transport puts the agent (in the box's volume)
-BOX_UID = 1000
 BOX_HOME = "/home/user"
+RUN_DIR_MB = 16  # the agent's socket directory: sockets, the kernel's connection file and log
+SHM_MB = 64
+MS_NOSUID, MS_NODEV = 2, 4
+MNT_DETACH = 2
 LABEL_STORE = "nexus.store"
 LABEL_SANDBOX = "nexus.sandbox_id"
 LABEL_USER = "nexus.user_id"
@@ -57,22 +76,39 @@ def choose_transport() -> str:
         return forced
     if forced:
         raise ProviderUnavailable(f"NEXUS_DOCKER_TRANSPORT must be socket or exec, not {forced!r}")
-    return "socket" if engine_address().startswith("unix://") else "exec"
+    # The bind-mounted socket directory is a tmpfs we mount, which takes root.
+    local = engine_address().startswith("unix://") and os.geteuid() == 0
+    return "socket" if local else "exec"
 
 
-def _agent_archive(config: str) -> bytes:
-    """A tar of /run/nexus for the container: the agent, its config, a directory its user owns."""
+def _code_archive() -> tuple[bytes, str]:
+    """A tar of the box-side code (the agent and the kernel driver), and a digest naming it."""
     buffer = io.BytesIO()
+    digest = hashlib.sha256()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        directory = tarfile.TarInfo("nexus")
-        directory.type, directory.mode, directory.uid, directory.gid = tarfile.DIRTYPE, 0o755, BOX_UID, BOX_UID
-        tar.addfile(directory)
-        files = [(name, (BOX_CODE_SOURCE / name).read_bytes(), 0o444, 0) for name in BOX_CODE_FILES]
-        for name, data, mode, owner in [*files, ("config.json", config.encode(), 0o600, BOX_UID)]:
-            member = tarfile.TarInfo(f"nexus/{name}")
-            member.size, member.mode, member.uid, member.gid = len(data), mode, owner, owner
+        for name in BOX_CODE_FILES:
+            data = (BOX_CODE_SOURCE / name).read_bytes()
+            digest.update(name.encode() + b"\0" + data)
+            member = tarfile.TarInfo(name)
+            member.size, member.mode = len(data), 0o444
             tar.addfile(member, io.BytesIO(data))
-    return buffer.getvalue()
+    return buffer.getvalue(), digest.hexdigest()[:16]
+
+
+def disk_split(disk_mb: int) -> dict[str, int]:
+    """How one disk budget is shared by the container's tmpfs mounts (Docker cannot
+    give two paths one tmpfs): the agent's directory, /dev/shm, a quarter for /tmp,
+    the rest for the home."""
+    run = min(RUN_DIR_MB, max(disk_mb // 8, 2))
+    shm = min(SHM_MB, max(disk_mb // 8, 2))
+    tmp = max(disk_mb // 4, 4)
+    return {"run": run, "shm": shm, "tmp": tmp, "home": max(disk_mb - run - shm - tmp, 4)}
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def store_label(data_dir: Path) -> str:
@@ -101,6 +137,8 @@ class DockerProvider(Provider):
         # Off by default (a CLI process would not live to refill it); a server turns it on.
         self.pool_size = int(os.environ.get("NEXUS_DOCKER_POOL_SIZE", "0") or 0)
         self._pool_lock = threading.Lock()
+        self._info: dict | None = None
+        self._code_volume: str | None = None
 
     @property
     def client(self):
@@ -139,15 +177,44 @@ class DockerProvider(Provider):
 
     def agent(self, sandbox_id: str, state: dict) -> AgentClient:
         connect = None
+        box_uid = state.get("host_uid")
         if state.get("transport") == "exec":
             container_id = state.get("container_id") or self._name(sandbox_id)
-            relay = ["python3", "-I", "-S", EXEC_AGENT, "--relay", f"{BOX_RUN}/agent.sock"]
+            relay = ["python3", "-I", "-S", BOX_AGENT, "--relay", f"{BOX_RUN}/agent.sock"]
             connect = lambda wait: connect_through_exec(self.client, container_id, relay)  # noqa: E731
+            box_uid = None  # the relay's end of the socket is ours
+        elif self._remapped_uids():
+            box_uid = None  # the engine maps container uids: the host sees others
         return AgentClient(
             self.box_dir(sandbox_id) / "run" / "agent.sock",
+            state.get("agent_key"),
+            box_uid=box_uid,
             is_alive=lambda: self.inspect(sandbox_id, state) != "stopped",
+            explain=lambda: self._why_stopped(sandbox_id, state),
             connect=connect,
         )
+
+    def _engine_info(self) -> dict:
+        if self._info is None:
+            self._info = self.client.info()
+        return self._info
+
+    def _remapped_uids(self) -> bool:
+        return any("name=userns" in option for option in self._engine_info().get("SecurityOptions") or [])
+
+    def memory_capacity_mb(self) -> int | None:
+        return int(self._engine_info().get("MemTotal") or 0) >> 20 or None
+
+    def _why_stopped(self, sandbox_id: str, state: dict) -> str:
+        """What a container that ended said: its exit code and last line of output."""
+        container = self._container(sandbox_id, state)
+        if container is None or container.status in ("running", "paused"):
+            return ""
+        code = container.attrs.get("State", {}).get("ExitCode")
+        lines = container.logs(tail=3).decode(errors="replace").strip().splitlines()
+        image = state.get("image") or "the image"
+        said = f": {lines[-1]}" if lines else ""
+        return f"the container of {image} exited with code {code}{said}; the image needs python3 for the agent"
 
     # ---- lifecycle
     def create(self, spec: BoxSpec) -> dict:
@@ -168,25 +235,39 @@ class DockerProvider(Provider):
 
         client = self.client
         transport = choose_transport()
+        uid = box_host_uid(box_id)
+        key = new_agent_key()
         config = json.dumps(
             {
                 "interpreters": {"python": "python3", "javascript": "node", "bash": "/bin/bash"},
                 "env": box_environment(SYSTEM_PATH, spec.env),
                 "limits": {"file_size_bytes": spec.disk_mb << 20, "open_files": 1024},
+                "key": key,
             }
         )
         labels = {LABEL_STORE: self.store, LABEL_TRANSPORT: transport}
         labels.update({LABEL_POOL: image} if pool else {LABEL_SANDBOX: box_id, LABEL_USER: spec.owner})
+        sizes = disk_split(spec.disk_mb)
+        tmpfs_options = "nosuid,nodev"
+        tmpfs = {
+            "/tmp": f"size={sizes['tmp']}m,mode=1777,{tmpfs_options}",
+            BOX_HOME: f"size={sizes['home']}m,uid={uid},gid={uid},mode=0700,{tmpfs_options}",
+        }
+        box = private_dir(self.box_dir(box_id))
+        (box / "agent.key").write_text(key)  # for a pool slot: read back when it is claimed
+        (box / "agent.key").chmod(0o600)
         if transport == "socket":
-            volumes = self._host_run_dir(box_id, config)
+            volumes = self._host_run_dir(box_id, config, uid, sizes["run"])
             command = agent_command("python3", spec.idle_timeout_seconds, BOX_HOME)
         else:
-            # The engine is elsewhere: the agent and its config travel in a volume of its own.
-            volume = client.volumes.create(name=self._name(box_id), labels=labels)
-            volumes = {volume.name: {"bind": "/run", "mode": "rw"}}
-            command = agent_command("python3", spec.idle_timeout_seconds, BOX_HOME, agent=EXEC_AGENT)
+            # The engine is elsewhere (or we cannot mount): the code comes from a read-only
+            # volume, the socket directory is a tmpfs of the container's, the config comes
+            # through the container's standard input.
+            volumes = {self._ensure_code_volume(image): {"bind": BOX_CODE, "mode": "ro"}}
+            tmpfs[BOX_RUN] = f"size={sizes['run']}m,uid={uid},gid={uid},mode=0700,{tmpfs_options}"
+            command = agent_command("python3", spec.idle_timeout_seconds, BOX_HOME)
+            command[command.index("--config-file") + 1] = "-"
         memory = f"{spec.memory_mb}m"
-        tmpfs_options = f"size={spec.disk_mb}m,mode=1777,nosuid,nodev"
         try:
             container = client.containers.create(
                 image,
@@ -194,7 +275,7 @@ class DockerProvider(Provider):
                 name=self._name(box_id),
                 hostname="sandbox",
                 labels=labels,
-                user=f"{BOX_UID}:{BOX_UID}",
+                user=f"{uid}:{uid}",
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 init=True,
@@ -204,15 +285,18 @@ class DockerProvider(Provider):
                 nano_cpus=int(spec.cpus * 1e9),
                 network_mode="bridge" if spec.allow_internet else "none",
                 read_only=True,
-                tmpfs={"/tmp": tmpfs_options, BOX_HOME: f"{tmpfs_options},uid={BOX_UID},gid={BOX_UID},mode=0755"},
+                tmpfs=tmpfs,
+                shm_size=f"{sizes['shm']}m",
                 volumes=volumes,
                 working_dir=BOX_HOME,
                 environment={"HOME": BOX_HOME},
                 ipc_mode="private",
+                stdin_open=transport == "exec",
             )
             if transport == "exec":
-                container.put_archive("/run", _agent_archive(config))
-            container.start()
+                send_config_through_attach(client, container.id, config, container.start)
+            else:
+                container.start()
         except ImageNotFound:
             # containers.create never pulls (containers.run would try a registry).
             raise ProviderUnavailable(
@@ -220,7 +304,31 @@ class DockerProvider(Provider):
             ) from None
         except APIError as exc:
             raise ProviderUnavailable(f"Docker could not start the sandbox: {exc.explanation or exc}") from None
-        return {"container_id": container.id, "image": image, "transport": transport}
+        return {"container_id": container.id, "image": image, "transport": transport, "host_uid": uid, "agent_key": key}
+
+    def _ensure_code_volume(self, image: str) -> str:
+        """A volume holding this version of the box-side code, made once per engine, mounted
+        read-only into every box (so nothing a box writes lands in a volume)."""
+        from docker.errors import NotFound
+
+        archive, digest = _code_archive()
+        name = f"nexus-agent-{digest}"
+        if self._code_volume == name:
+            return name
+        try:
+            self.client.volumes.get(name)
+        except NotFound:
+            volume = self.client.volumes.create(name=name, labels={"nexus.agent_code": digest})
+            # A container that is never started, only to fill the volume.
+            filler = self.client.containers.create(
+                image, "true", volumes={volume.name: {"bind": BOX_CODE, "mode": "rw"}}
+            )
+            try:
+                filler.put_archive(BOX_CODE, archive)
+            finally:
+                filler.remove(force=True)
+        self._code_volume = name
+        return name
 
     # ---- the warm pool: containers started ahead, handed out by create
     def _pool_containers(self, image: str | None = None, running: bool = True) -> list:
@@ -243,10 +351,16 @@ class DockerProvider(Provider):
             except APIError:
                 continue
             transport = container.labels.get(LABEL_TRANSPORT, "socket")
-            if transport == "socket":
-                # The bind mount follows the directory, whatever it is called now.
-                self.box_dir(slot).rename(self.box_dir(spec.sandbox_id))
-            state = {"container_id": container.id, "image": image, "transport": transport, "pool_slot": slot}
+            # The bind mount follows the directory, whatever it is called now.
+            self.box_dir(slot).rename(self.box_dir(spec.sandbox_id))
+            state = {
+                "container_id": container.id,
+                "image": image,
+                "transport": transport,
+                "pool_slot": slot,
+                "host_uid": box_host_uid(slot),
+                "agent_key": (self.box_dir(spec.sandbox_id) / "agent.key").read_text(),
+            }
             if (spec.memory_mb, spec.cpus, spec.max_processes) != (
                 POOL_SHAPE.memory_mb,
                 POOL_SHAPE.cpus,
@@ -306,20 +420,20 @@ class DockerProvider(Provider):
         for container in self._pool_containers(running=False):
             self.destroy(container.name.removeprefix(f"nexus-{self.store}-"), {"container_id": container.id})
 
-    def _host_run_dir(self, sandbox_id: str, config: str) -> dict:
-        """The agent's socket directory on this machine, bind-mounted into the container."""
+    def _host_run_dir(self, sandbox_id: str, config: str, uid: int, size_mb: int) -> dict:
+        """The agent's socket directory on this machine, bind-mounted into the container:
+        a tmpfs of its own size (root only), so a box cannot fill the host's disk through it,
+        inside the box's 0700 directory, owned by the box's uid."""
         run_dir = self.box_dir(sandbox_id) / "run"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(exist_ok=True)
+        if not os.path.ismount(run_dir):
+            options = f"size={size_mb}m,mode=0700,uid={uid},gid={uid}".encode()
+            if _libc().mount(b"nexus-run", str(run_dir).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
+                raise ProviderUnavailable(f"cannot mount the sandbox's socket directory ({run_dir})")
         config_file = run_dir / "config.json"
-        config_file.write_text(config)
-        config_file.chmod(0o600)
-        # The container's user must be able to create the agent's socket here.
-        if os.geteuid() == 0:
-            os.chown(run_dir, BOX_UID, BOX_UID)
-            os.chown(config_file, BOX_UID, BOX_UID)
-        else:
-            run_dir.chmod(0o777)
-            config_file.chmod(0o644)
+        with open(os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            handle.write(config)
+        os.chown(config_file, uid, uid)
         return {
             str(run_dir): {"bind": BOX_RUN, "mode": "rw"},
             str(BOX_CODE_SOURCE): {"bind": BOX_CODE, "mode": "ro"},
@@ -338,6 +452,9 @@ class DockerProvider(Provider):
         except APIError as exc:
             if "already in progress" not in str(exc):
                 raise SandboxError(f"Docker could not remove the sandbox: {exc.explanation or exc}") from None
+        run_dir = self.box_dir(sandbox_id) / "run"
+        if os.path.ismount(run_dir):
+            _libc().umount2(str(run_dir).encode(), MNT_DETACH)
         shutil.rmtree(self.box_dir(sandbox_id), ignore_errors=True)
 
     def pause(self, sandbox_id: str, state: dict) -> None:

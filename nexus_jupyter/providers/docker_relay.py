@@ -84,3 +84,16 @@ def connect_through_exec(client, container_id: str, command: list[str]) -> socke
     inbound.start()
     threading.Thread(target=outbound, daemon=True).start()
     return local
+
+
+def send_config_through_attach(client, container_id: str, config: str, start) -> None:
+    """Start the container and hand its agent the config on standard input (one line),
+    then close it: env values and the box's key never touch a disk or a definition."""
+    attached = client.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+    raw = getattr(attached, "_sock", attached)
+    try:
+        start()
+        raw.sendall(config.encode() + b"\n")
+        raw.shutdown(socket.SHUT_WR)
+    finally:
+        raw.close()

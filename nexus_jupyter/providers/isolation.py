@@ -1,10 +1,19 @@
 """How a local box is isolated: one filesystem layout, two ways to build it.
 
 ``BoxLayout`` says what a box sees (read-only system directories, its
-writable home, /tmp, the agent's socket directory).  ``bwrap_command``
-builds it with bubblewrap; ``unshare_command`` with util-linux's unshare,
-mount, pivot_root and setpriv, for machines without bubblewrap (root only:
-it needs real privileges to set up the mounts before dropping them).
+writable home, /tmp, /dev/shm, the agent's socket directory, the
+interpreters).  ``bwrap_command`` builds it with bubblewrap;
+``unshare_command`` with util-linux's unshare, mount, pivot_root and setpriv,
+for machines without bubblewrap (root only: it needs real privileges to set
+up the mounts before dropping them).
+
+Either way the box's processes run as an unprivileged host uid of the box's
+own (``box_host_uid``), never as host root: bubblewrap started by root would
+map the box's user to uid 0, so root starts it as the box's uid instead.
+That uid cannot read the sources of the box's mounts where they live (a
+0700 data dir, an interpreter under /root), so they are first bound, by
+root in a private mount namespace, into a staging tmpfs over /tmp, from
+where the unprivileged bubblewrap takes them (``stage_box.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -46,18 +56,37 @@ INSTALL_ADVICE = (
 
 @dataclass
 class BoxLayout:
-    """What one box sees, as (host path, box path) pairs."""
+    """What one box sees, as (host path, box path) pairs, mounted in this order."""
 
     read_only: list[tuple[str, str]] = field(default_factory=list)
     read_only_if_present: list[tuple[str, str]] = field(default_factory=list)
     symlinks: list[tuple[str, str]] = field(default_factory=list)  # (target, box path)
+    # The home, /tmp, /dev/shm and the socket dir: directories of one size-limited
+    # tmpfs (one budget for every file the box writes), or plain directories
+    # and bubblewrap's own tmpfs for /tmp and /dev/shm where we cannot mount.
     writable: list[tuple[str, str]] = field(default_factory=list)
+    # The interpreters, after the writable mounts: one that lives under /tmp
+    # (a CI runner's venv) stays visible above the box's own /tmp.
+    runtime: list[tuple[str, str]] = field(default_factory=list)
     tmp_bytes: int = 512 << 20
+    own_tmpfs: bool = True  # /tmp and /dev/shm are in the box's tmpfs
     allow_internet: bool = False
 
+    def sources(self) -> list[str]:
+        """Every host path the box's mounts take, in the order the builders use them."""
+        present = [source for source, _ in self.read_only_if_present if os.path.exists(source)]
+        return [
+            *(source for source, _ in self.read_only),
+            *present,
+            *(source for source, _ in self.writable),
+            *(source for source, _ in self.runtime),
+        ]
 
-def make_layout(box: Path, runtime_paths: list[str], box_code: Path, tmp_bytes: int, allow_internet: bool) -> BoxLayout:
-    layout = BoxLayout(tmp_bytes=tmp_bytes, allow_internet=allow_internet)
+
+def make_layout(
+    box: Path, runtime_paths: list[str], box_code: Path, tmp_bytes: int, allow_internet: bool, own_tmpfs: bool
+) -> BoxLayout:
+    layout = BoxLayout(tmp_bytes=tmp_bytes, allow_internet=allow_internet, own_tmpfs=own_tmpfs)
     layout.read_only.append(("/usr", "/usr"))
     for name in TOP_LEVEL_LINKS:
         path = Path("/") / name
@@ -65,13 +94,15 @@ def make_layout(box: Path, runtime_paths: list[str], box_code: Path, tmp_bytes: 
             layout.symlinks.append((os.readlink(path), str(path)))
         elif path.is_dir():
             layout.read_only.append((str(path), str(path)))
-    for name in ETC_FILES + (("resolv.conf",) if allow_internet else ()):
+    for name in ETC_FILES:
         layout.read_only_if_present.append((f"/etc/{name}", f"/etc/{name}"))
-    for name in ("passwd", "group", "hosts"):
+    for name in ("passwd", "group", "hosts") + (("resolv.conf",) if allow_internet else ()):
         layout.read_only.append((str(box / "etc" / name), f"/etc/{name}"))
-    layout.read_only += [(path, path) for path in runtime_paths]
     layout.read_only.append((str(box_code), BOX_CODE))
     layout.writable += [(str(box / "fs" / "home"), BOX_HOME), (str(box / "fs" / "run"), BOX_RUN)]
+    if own_tmpfs:
+        layout.writable += [(str(box / "fs" / "tmp"), "/tmp"), (str(box / "fs" / "shm"), "/dev/shm")]
+    layout.runtime += [(path, path) for path in runtime_paths]
     return layout
 
 
@@ -100,13 +131,21 @@ def choose_isolation() -> str:
     raise ProviderUnavailable(f"NEXUS_LOCAL_ISOLATION must be auto, bwrap or unshare, not {wanted!r}")
 
 
-def bwrap_command(layout: BoxLayout, uid: int, argv: list[str]) -> list[str]:
+def bwrap_command(layout: BoxLayout, uid: int, host_uid: int | None, stage: Path, argv: list[str]) -> list[str]:
+    """The command that starts the box: ``uid`` is its user inside, ``host_uid`` (as root)
+    the unprivileged host uid bubblewrap runs as; None runs it as the caller."""
     bwrap = shutil.which("bwrap") or "bwrap"
     features = _bwrap_features(bwrap)
+    prefix = [*CLEAN_ENV, bwrap]  # env -i: bwrap keeps its environment, and the box could read it in /proc
+    staged: dict[str, str] = {}
+    if host_uid is not None:
+        sources = layout.sources()
+        staged = {source: f"/tmp/{index}" for index, source in enumerate(sources)}
+        stage_box = str(Path(__file__).with_name("stage_box.py"))
+        prefix = [*CLEAN_ENV, sys.executable, "-I", "-S", stage_box, str(stage), str(host_uid), *sources, "--", bwrap]
     # fmt: off
     args = [
-        # env -i: bwrap itself keeps its environment, and the box could read it in /proc.
-        *CLEAN_ENV, bwrap,
+        *prefix,
         "--unshare-user", "--uid", str(uid), "--gid", str(uid),
         "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox",
         "--cap-drop", "ALL", "--new-session",
@@ -116,23 +155,34 @@ def bwrap_command(layout: BoxLayout, uid: int, argv: list[str]) -> list[str]:
     # fmt: on
     if "--disable-userns" in features:
         args.append("--disable-userns")  # no nested user namespaces: no way back to capabilities
-    if not layout.allow_internet:
-        args.append("--unshare-net")
+    # Its own network namespace always: an allowed network is attached to it
+    # from outside (slirp4netns), never the host's.
+    args.append("--unshare-net")
     if "--clearenv" in features:
         args.append("--clearenv")
-    for source, target in layout.read_only:
-        args += ["--ro-bind", source, target]
-    for source, target in layout.read_only_if_present:
-        args += ["--ro-bind-try", source, target]
+
+    def source(path: str) -> str:
+        return staged.get(path, path)
+
+    for host_path, target in layout.read_only:
+        args += ["--ro-bind", source(host_path), target]
+    for host_path, target in layout.read_only_if_present:
+        if host_uid is None or host_path in staged:
+            args += ["--ro-bind-try", source(host_path), target]
     for target, path in layout.symlinks:
         args += ["--symlink", target, path]
-    for source, target in layout.writable:
-        args += ["--bind", source, target]
     args += ["--proc", "/proc", "--dev", "/dev"]
-    if "--size" in features:
-        args += ["--size", str(layout.tmp_bytes)]
-    # Everything but the writable binds and /tmp is read-only.
-    args += ["--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", BOX_HOME, "--setenv", "HOME", BOX_HOME]
+    for host_path, target in layout.writable:
+        args += ["--bind", source(host_path), target]
+    if not layout.own_tmpfs:
+        for target in ("/tmp", "/dev/shm"):
+            if "--size" in features:
+                args += ["--size", str(layout.tmp_bytes)]
+            args += ["--tmpfs", target]
+    for host_path, target in layout.runtime:
+        args += ["--ro-bind", source(host_path), target]
+    # Everything but the writable mounts is read-only, /dev included (it is a tmpfs of bwrap's).
+    args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", BOX_HOME, "--setenv", "HOME", BOX_HOME]
     return [*args, "--", *argv]
 
 
@@ -164,7 +214,6 @@ mkdir -p "$root/dev/shm" "$root/dev/pts" "$root/tmp" "$root/proc"
 for device in {devices}; do touch "$root/dev/$device"; mount --bind "/dev/$device" "$root/dev/$device"; done
 for stream in stdin:0 stdout:1 stderr:2; do ln -s "/proc/self/fd/${stream#*:}" "$root/dev/${stream%:*}"; done
 ln -s /proc/self/fd "$root/dev/fd"
-mount -t tmpfs -o "size=$tmp_bytes,mode=1777,nosuid,nodev" nexus-tmp "$root/tmp"
 mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 cd "$root"
 mkdir .old-root
@@ -179,9 +228,9 @@ exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --inh-caps=-all --boun
 
 
 def unshare_command(layout: BoxLayout, uid: int, rootfs: Path, argv: list[str]) -> list[str]:
-    namespaces = ["--mount", "--pid", "--fork", "--ipc", "--uts", "--cgroup", "--propagation", "private"]
-    if not layout.allow_internet:
-        namespaces.append("--net")
+    namespaces = ["--mount", "--pid", "--fork", "--ipc", "--uts", "--cgroup", "--propagation", "private", "--net"]
+    if not layout.own_tmpfs:
+        raise ProviderUnavailable("the unshare fallback needs the box's tmpfs, which could not be mounted")
     mounts: list[str] = []
     for source, target in layout.read_only:
         mounts += ["ro", source, target]
@@ -189,6 +238,8 @@ def unshare_command(layout: BoxLayout, uid: int, rootfs: Path, argv: list[str]) 
         mounts += ["ro-try", source, target]
     for source, target in layout.writable:
         mounts += ["rw", source, target]
+    for source, target in layout.runtime:
+        mounts += ["ro", source, target]
     for target, path in layout.symlinks:
         mounts += ["link", target, path]
     return [

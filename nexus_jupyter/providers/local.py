@@ -1,15 +1,18 @@
 """The local provider: a box is a bubblewrap sandbox on this machine.
 
-Each box gets its own user, mount, PID, IPC, UTS, cgroup and (unless
-internet access is allowed) network namespaces; no capabilities; a
+Each box gets its own user, mount, PID, IPC, UTS, cgroup and network
+namespaces (internet access, when allowed, is attached to its own namespace:
+``network.py``); no capabilities; an unprivileged host uid of its own; a
 read-only view of the system directories and of the Python and Node.js
-installations; a private, size-limited home directory and /tmp; and a
-cgroup that bounds its memory, processes and CPU and lets us freeze and
-kill it as a whole.  Inside runs the agent (``nexus_jupyter.agent``).
+installations; one size-limited tmpfs for everything it writes (home, /tmp,
+/dev/shm, the agent's socket dir); and a cgroup that bounds its memory,
+processes and CPU and lets us freeze and kill it as a whole.  Inside runs
+the agent (``nexus_jupyter.box.agent``).
 
 The box is started detached (``setsid -f``) so it outlives the process that
 created it; everything needed to find it again is on disk: its directory
-under ``<data_dir>/sandboxes/<id>``, its cgroups, and ``box.pid``.
+under ``<data_dir>/boxes/local/<id>`` (0700: no other user may enter it), its
+cgroups, and ``box.pid``.
 """
 
 from __future__ import annotations
@@ -24,15 +27,15 @@ import sys
 import time
 from pathlib import Path
 
-from ..agent_client import AgentClient
+from ..agent_client import AgentClient, new_agent_key
 from ..errors import ProviderUnavailable
-from .base import BOX_CODE_SOURCE, BoxSpec, Provider, agent_command, box_environment
+from . import network
+from .base import BOX_CODE_SOURCE, BoxSpec, Provider, agent_command, box_environment, box_host_uid, private_dir
 from .cgroups import Cgroups
 from .isolation import BOX_HOME, bwrap_command, choose_isolation, make_layout, unshare_command
 
-BOX_UID = 1000
+BOX_UID = 1000  # the box's user inside bubblewrap's user namespace
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
-UNSHARE_UID_BASE = 200_000
 
 # Joins the box's cgroups and records its pid before bubblewrap starts, so
 # no process of the box ever runs outside its limits.
@@ -118,6 +121,9 @@ class LocalProvider(Provider):
             )
         return notes
 
+    def memory_capacity_mb(self) -> int | None:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
+
     # ---- paths
     def box_dir(self, sandbox_id: str) -> Path:
         return self.root / sandbox_id
@@ -125,6 +131,8 @@ class LocalProvider(Provider):
     def agent(self, sandbox_id: str, state: dict) -> AgentClient:
         return AgentClient(
             self.box_dir(sandbox_id) / "fs" / "run" / "agent.sock",
+            state.get("agent_key"),
+            box_uid=state.get("host_uid"),
             is_alive=lambda: self.inspect(sandbox_id, state) != "stopped",
             explain=lambda: self._log_tail(sandbox_id),
         )
@@ -139,24 +147,28 @@ class LocalProvider(Provider):
     # ---- lifecycle
     def create(self, spec: BoxSpec) -> dict:
         isolation = choose_isolation()
-        # Under bubblewrap the box's user lives in its own user namespace;
-        # under unshare it is a real host uid, one per box, owning nothing.
-        uid = BOX_UID if isolation == "bwrap" else UNSHARE_UID_BASE + int(spec.sandbox_id.encode().hex(), 16) % 100_000
-        box = self.box_dir(spec.sandbox_id)
-        (box / "etc").mkdir(parents=True, exist_ok=True)
+        as_root = os.geteuid() == 0
+        # The host uid the box's processes and files have: one of its own, never
+        # root's.  Not root, bubblewrap can only map the box to the caller's uid.
+        host_uid = box_host_uid(spec.sandbox_id) if as_root else os.geteuid()
+        uid = BOX_UID if isolation == "bwrap" else host_uid
+        box = private_dir(self.box_dir(spec.sandbox_id))
+        (box / "etc").mkdir(exist_ok=True)
         (box / "fs").mkdir(exist_ok=True)
-        owner = 0 if isolation == "bwrap" else uid
         state = {
             "dir": str(box),
             "isolation": isolation,
             "uid": uid,
-            "tmpfs": self._mount_box_fs(box / "fs", spec.disk_mb, owner),
+            "host_uid": host_uid,
+            "agent_key": new_agent_key(),
+            "tmpfs": self._mount_box_fs(box / "fs", spec.disk_mb, host_uid),
         }
-        for sub in ("home", "run"):
+        for sub, mode in (("home", 0o700), ("run", 0o700), ("tmp", 0o1777), ("shm", 0o1777)):
             (box / "fs" / sub).mkdir(exist_ok=True)
-            if owner:
-                os.chown(box / "fs" / sub, owner, owner)
-        self._write_etc(box / "etc", uid)
+            os.chmod(box / "fs" / sub, mode)
+            if as_root:
+                os.chown(box / "fs" / sub, host_uid, host_uid)
+        self._write_etc(box / "etc", uid, spec.allow_internet)
         cgroups = self.cgroups
         join = []
         if cgroups is not None:
@@ -176,23 +188,26 @@ class LocalProvider(Provider):
             "interpreters": _interpreters(),
             "env": box_environment(f"{Path(sys.executable).parent}:{SYSTEM_PATH}", spec.env),
             "limits": limits,
+            "key": state["agent_key"],
         }
         config_file = box / "fs" / "run" / "config.json"
-        config_file.write_text(json.dumps(config))
-        config_file.chmod(0o600)
-        if owner:
-            os.chown(config_file, owner, owner)
+        with open(os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            handle.write(json.dumps(config))
+        if as_root:
+            os.chown(config_file, host_uid, host_uid)
         agent = agent_command(sys.executable, spec.idle_timeout_seconds)
-        layout = make_layout(box, _runtime_paths(), BOX_CODE_SOURCE, spec.disk_mb << 20, spec.allow_internet)
+        layout = make_layout(
+            box, _runtime_paths(), BOX_CODE_SOURCE, spec.disk_mb << 20, spec.allow_internet, state["tmpfs"]
+        )
         if isolation == "bwrap":
-            command = bwrap_command(layout, uid, agent)
+            (box / "stage").mkdir(exist_ok=True)
+            command = bwrap_command(layout, uid, host_uid if as_root else None, box / "stage", agent)
         else:
             (box / "rootfs").mkdir(exist_ok=True)
             command = unshare_command(layout, uid, box / "rootfs", agent)
-        launcher = ["setsid", "-f"] if shutil.which("setsid") else []
         with open(box / "box.log", "ab") as log:
             subprocess.run(
-                [*launcher, "/bin/sh", "-c", LAUNCHER, "sh", str(box / "box.pid"), *join, "--", *command],
+                [*self._launcher(), str(box / "box.pid"), *join, "--", *command],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -201,7 +216,35 @@ class LocalProvider(Provider):
                 start_new_session=True,
             )
         self._wait_launched(spec.sandbox_id)
+        if spec.allow_internet:
+            box_pid = self._agent_pid(spec.sandbox_id)
+            net_pid = network.attach(box_pid, box, self._launcher(), as_root)
+            (box / "net.started").write_text(str(_start_time(net_pid)))
         return state
+
+    @staticmethod
+    def _launcher() -> list[str]:
+        """Starts a command detached: ``[*launcher, pidfile, cgroup files..., "--", command...]``."""
+        setsid = ["setsid", "-f"] if shutil.which("setsid") else []
+        return [*setsid, "/bin/sh", "-c", LAUNCHER, "sh"]
+
+    def _agent_pid(self, sandbox_id: str) -> int:
+        """The host pid of the box's PID 1 (its agent): a child of the box's outer process."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            outer = self._box_pid(sandbox_id)
+            if outer is None:
+                break
+            for pid in self._process_tree(outer)[1:]:
+                try:
+                    with open(f"/proc/{pid}/status") as status:
+                        fields = dict(line.split(":", 1) for line in status if ":" in line)
+                except OSError:
+                    continue
+                if len(fields.get("NSpid", "").split()) > 1 and fields["NSpid"].split()[-1] == "1":
+                    return pid
+            time.sleep(0.002)
+        raise ProviderUnavailable(f"the sandbox did not start: {self._log_tail(sandbox_id) or 'no box process'}")
 
     def _wait_launched(self, sandbox_id: str) -> None:
         """Wait until the launcher has joined the cgroups (it writes box.pid right after),
@@ -221,21 +264,26 @@ class LocalProvider(Provider):
         (box / "box.started").write_text(str(started) if started is not None else "gone")
 
     def _mount_box_fs(self, where: Path, disk_mb: int, owner: int) -> bool:
-        """A size-limited tmpfs for everything the box can write (its home and the agent's
-        socket directory), so filling it cannot fill the host's disk."""
+        """One size-limited tmpfs for everything the box can write (home, /tmp, /dev/shm,
+        the agent's socket directory): filling it cannot fill the host's disk, and
+        its files share one budget that the memory limit leaves room for."""
         if os.geteuid() != 0 or os.path.ismount(where):
             return os.path.ismount(where)
-        options = f"size={disk_mb}m,mode=0755,uid={owner},gid={owner}".encode()
+        options = f"size={disk_mb}m,mode=0700,uid={owner},gid={owner}".encode()
         return _libc.mount(b"nexus-box", str(where).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0
 
     @staticmethod
-    def _write_etc(etc: Path, uid: int) -> None:
+    def _write_etc(etc: Path, uid: int, allow_internet: bool) -> None:
         (etc / "passwd").write_text(
             f"user:x:{uid}:{uid}:sandbox user:{BOX_HOME}:/bin/bash\n"
             "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         )
         (etc / "group").write_text(f"user:x:{uid}:\nnogroup:x:65534:\n")
         (etc / "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n")
+        if allow_internet:
+            (etc / "resolv.conf").write_text(f"nameserver {network.SLIRP_DNS}\n")
+        for name in os.listdir(etc):
+            os.chmod(etc / name, 0o644)
 
     def _box_pid(self, sandbox_id: str) -> int | None:
         """The pid of the box's outermost process, if it still runs."""
@@ -292,10 +340,25 @@ class LocalProvider(Provider):
             cgroups.remove(sandbox_id)
         else:
             self._signal_tree(sandbox_id, signal.SIGKILL)
+        self._stop_network(sandbox_id)
         box = self.box_dir(sandbox_id)
         if os.path.ismount(box / "fs"):
             _libc.umount2(str(box / "fs").encode(), MNT_DETACH)
         shutil.rmtree(box, ignore_errors=True)
+
+    def _stop_network(self, sandbox_id: str) -> None:
+        """End the box's slirp4netns (found from its pid file and start time, as the box is)."""
+        box = self.box_dir(sandbox_id)
+        try:
+            pid = int((box / "net.pid").read_text())
+            recorded = (box / "net.started").read_text()
+        except (OSError, ValueError):
+            return
+        if str(_start_time(pid)) == recorded:  # not a reused pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def pause(self, sandbox_id: str, state: dict) -> None:
         if self.cgroups is not None and self.cgroups.exists(sandbox_id):

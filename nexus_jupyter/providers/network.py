@@ -1,0 +1,152 @@
+"""Outbound network for a local box that asked for it (``--allow-internet``).
+
+A box always has its own network namespace.  Internet access is attached to
+it from outside with slirp4netns: a user-mode TCP/IP stack that makes the
+box's connections from the host as ordinary sockets, so the box gets real
+outbound access without sharing the host's namespace (its 127.0.0.1, its
+abstract Unix sockets).  ``--disable-host-loopback`` stops the gateway
+address from leading to the host's loopback; routes of type ``prohibit``
+inside the box's namespace refuse the private ranges, link-local addresses
+(cloud metadata services), and the host's own addresses and networks, so a
+box reaches the internet and nothing of the machine it runs on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import ProviderUnavailable
+
+SLIRP_CIDR = "10.0.2.0/24"  # slirp4netns's own: the box is 10.0.2.100, its DNS 10.0.2.3
+SLIRP_DNS = "10.0.2.3"
+REFUSED_RANGES = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+)
+NS_GET_USERNS = 0xB701  # ioctl: the user namespace that owns a namespace
+INSTALL_ADVICE = "install slirp4netns ('apt-get install slirp4netns') to give local sandboxes internet access"
+
+
+def require_tools() -> None:
+    missing = [tool for tool in ("slirp4netns", "nsenter", "ip") if shutil.which(tool) is None]
+    if missing:
+        raise ProviderUnavailable(f"{', '.join(missing)} not found: {INSTALL_ADVICE}")
+
+
+def host_networks() -> list[str]:
+    """The host's own IPv4 addresses and the networks it is attached to, as CIDRs."""
+    found: set[str] = set()
+    for args in (["-o", "-4", "addr", "show"], ["-4", "route", "show", "scope", "link"]):
+        try:
+            out = subprocess.run(["ip", *args], capture_output=True, text=True, check=False).stdout
+        except OSError:
+            continue
+        for word in out.split():
+            try:
+                network = ipaddress.ip_network(word, strict=False)
+            except ValueError:
+                continue
+            if network.version == 4 and not network.is_loopback:
+                found.add(str(network))
+                if "/" in word:
+                    found.add(str(ipaddress.ip_interface(word).ip) + "/32")
+    return sorted(found)
+
+
+def refusal_routes() -> list[str]:
+    """``ip -batch`` lines for the box's namespace: everything the box must not reach."""
+    slirp = ipaddress.ip_network(SLIRP_CIDR)
+    targets = [*REFUSED_RANGES]
+    for network in host_networks():
+        if not ipaddress.ip_network(network).overlaps(slirp):
+            targets.append(network)
+    return [f"route add prohibit {target}" for target in dict.fromkeys(targets)]
+
+
+def attach(box_pid: int, run_dir: Path, launcher: list[str], as_root: bool) -> int:
+    """Give the network namespace of ``box_pid`` outbound access; returns slirp4netns's pid.
+
+    ``launcher`` starts a command detached and writes its pid to the file it is given.
+    """
+    require_tools()
+    # The namespace belongs to the user namespace bubblewrap made first, not to the
+    # box's innermost one (which slirp4netns would join by default and which has
+    # no power over it): name the owner explicitly.
+    net_fd = os.open(f"/proc/{box_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        owner_fd = fcntl.ioctl(net_fd, NS_GET_USERNS)
+    finally:
+        os.close(net_fd)
+    ready_r, ready_w = os.pipe()
+    pid_file = run_dir / "net.pid"
+    # fmt: off
+    command = [
+        "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", f"--ready-fd={ready_w}",
+        f"--userns-path=/proc/self/fd/{owner_fd}", str(box_pid), "tap0",
+    ]
+    # fmt: on
+    try:
+        with open(run_dir / "net.log", "ab") as log:
+            subprocess.run(
+                [*launcher, str(pid_file), "--", *command],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=(ready_w, owner_fd),
+                check=True,
+                start_new_session=True,
+            )
+    finally:
+        os.close(ready_w)
+    try:
+        ready = _read_with_deadline(ready_r, 10)
+    finally:
+        os.close(ready_r)
+    if ready != b"1":
+        log = (run_dir / "net.log").read_text(errors="replace").strip().splitlines()
+        raise ProviderUnavailable(f"slirp4netns could not attach the network: {log[-1] if log else 'no output'}")
+    enter = ["nsenter", f"--net=/proc/{box_pid}/ns/net"]
+    if not as_root:
+        enter += [f"--user=/proc/self/fd/{owner_fd}", "--preserve-credentials"]
+    batch = "\n".join(refusal_routes()) + "\n"
+    try:
+        done = subprocess.run(
+            [*enter, "ip", "-batch", "-"],
+            input=batch,
+            capture_output=True,
+            text=True,
+            check=False,
+            pass_fds=(owner_fd,),
+        )
+    finally:
+        os.close(owner_fd)
+    if done.returncode != 0:
+        raise ProviderUnavailable(f"cannot restrict the sandbox's network: {done.stderr.strip() or 'ip failed'}")
+    return int(pid_file.read_text())
+
+
+def _read_with_deadline(fd: int, seconds: float) -> bytes:
+    import select
+
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return b""
+        readable, _, _ = select.select([fd], [], [], left)
+        if readable:
+            return os.read(fd, 1)
