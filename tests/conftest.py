@@ -15,7 +15,7 @@ from nexus_jupyter import SandboxManager
 
 PROVIDERS = [name.strip() for name in os.environ.get("NEXUS_TEST_PROVIDERS", "local").split(",") if name.strip()]
 # The provider suites also run on the local provider's unshare fallback (root only).
-ISOLATION_SUITES = {"test_conformance", "test_isolation"}
+ISOLATION_SUITES = {"test_conformance", "test_isolation", "test_hardening"}
 
 
 def _unshare_available() -> bool:

@@ -315,10 +315,11 @@ class Connection:
         path = self._path(request)
         limit = int(request.get("max_bytes", 256 << 20))
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not block
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise ValueError("%s is not a regular file" % path)
         with os.fdopen(fd, "rb") as source:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ValueError("%s is not a regular file" % path)
             if info.st_size > limit:
                 raise ValueError(
                     "%s is %d bytes, over the %d-byte transfer limit (NEXUS_MAX_FILE_MB)" % (path, info.st_size, limit)
