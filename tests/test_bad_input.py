@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from nexus_jupyter import InvalidArgument, SandboxNotFound, SandboxStateError
@@ -159,3 +161,47 @@ def test_a_corrupt_store_is_reported_in_one_line(data_dir, nexus):
     assert_one_line_error(nexus("sandbox", "list"), "state database")
     assert (data_dir / "nexus.db").read_bytes().startswith(b"this is not a database")
     (data_dir / "nexus.db").unlink()
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"ttl_minutes": float("inf")}, "ttl_minutes must be a whole number"),
+        ({"ttl_minutes": float("nan")}, "ttl_minutes must be a whole number"),
+        ({"memory_mb": float("inf")}, "memory_mb must be a whole number"),
+        ({"memory_mb": float("nan")}, "memory_mb must be a whole number"),
+        ({"cpus": float("nan")}, "cpus must be more than 0"),
+        ({"memory_mb": 1 << 20}, "memory_mb must be a whole number from 64 to"),  # 1 TiB: more than this machine
+        ({"disk_mb": 4 << 20}, "disk_mb must be a whole number from 16 to 896"),  # 4 TiB; files live in memory
+        ({"env": ["A=1"]}, "env must be a mapping"),
+        ({"env": {"A=B": "1"}}, "env name 'A=B' is not usable"),
+        ({"env": {"A\0B": "1"}}, "is not usable"),
+        ({"env": {"": "1"}}, "is not usable"),
+        ({"env": {"A": "x\0y"}}, "env value of A contains a NUL byte"),
+        ({"env": {"A": None}}, "env value of A must be text"),
+    ],
+)
+def test_api_create_refuses_bad_values_before_anything_is_made(nx, kwargs, fragment):
+    with pytest.raises(InvalidArgument, match=re.escape(fragment)) as caught:
+        nx.sandbox_create("bad", **kwargs)
+    assert "\n" not in str(caught.value)
+    assert nx.store.select(include_stopped=True) == []  # no row, not even a failed one
+    assert nx.provider(nx.default_provider).box_ids() == set()
+
+
+def test_names_made_in_a_box_cannot_drive_the_terminal(nexus):
+    sandbox = create(nexus)
+    evil = "\x1b]0;pwned\x07\x1b[2J\nfake-line"
+    result = nexus("sandbox", "run", sandbox, "-c", f"open({evil!r}, 'w').write('x')")
+    assert result.returncode == 0, result
+    listing = nexus("sandbox", "files", sandbox)
+    assert "\x1b" not in listing.stdout and "\x07" not in listing.stdout
+    assert listing.stdout.splitlines() == ["           1  \\x1b]0;pwned\\x07\\x1b[2J\\nfake-line"]
+    # --json keeps the name exact
+    [entry] = nexus("sandbox", "files", sandbox, "--json").json()["files"]
+    assert entry["name"] == evil
+    # and a sandbox name given by a caller is shown escaped in tables and records
+    named = nexus("sandbox", "create", "tab\x1b[31mred", "--json").json()["sandbox_id"]
+    for args in (["list"], ["status", named]):
+        shown = nexus("sandbox", *args).stdout
+        assert "\x1b" not in shown and "tab\\x1b[31mred" in shown

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import PROVIDERS
 from nexus_jupyter import ProviderUnavailable, SandboxManager, SandboxTimeout
+from nexus_jupyter.providers.base import BOX_UID_BASE, BOX_UID_SPAN
 
 pytestmark = pytest.mark.skipif(
     "docker" not in PROVIDERS, reason="NEXUS_TEST_PROVIDERS does not name docker (./test.sh always does)"
@@ -37,7 +38,8 @@ def test_containers_are_hardened_by_default(docker_nx):
     host = container.attrs["HostConfig"]
     assert host["CapDrop"] == ["ALL"]
     assert "no-new-privileges" in host["SecurityOpt"]
-    assert container.attrs["Config"]["User"] == "1000:1000"
+    uid, gid = map(int, container.attrs["Config"]["User"].split(":"))
+    assert uid == gid and BOX_UID_BASE <= uid < BOX_UID_BASE + BOX_UID_SPAN  # no real user's uid
     assert host["Init"] is True
     assert host["PidsLimit"] == 256
     assert host["Memory"] == host["MemorySwap"] == 1024 << 20
@@ -45,6 +47,10 @@ def test_containers_are_hardened_by_default(docker_nx):
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
     assert set(host["Tmpfs"]) == {"/tmp", "/home/user"}
+    # the agent's socket directory: a small tmpfs on this machine, only the box's uid inside
+    run_dir = docker_nx.provider("docker").box_dir(record["sandbox_id"]) / "run"
+    assert os.path.ismount(run_dir) and run_dir.stat().st_uid == uid
+    assert sorted(os.listdir(run_dir)) == ["agent.sock"]  # the config (env, key) was read and removed
     assert container.labels["nexus.sandbox_id"] == record["sandbox_id"]
     assert container.labels["nexus.user_id"] == record["user_id"]
 
@@ -132,6 +138,19 @@ def test_a_missing_image_says_how_to_build_it(docker_nx):
     assert docker_nx.sandbox_list()["sandboxes"] == []
 
 
+def test_an_image_without_python_fails_its_create_with_a_clear_error(docker_nx):
+    # The base image the template is built from: Debian, no Python.
+    with pytest.raises(ProviderUnavailable) as caught:
+        docker_nx.sandbox_create("no-python", template_id="nexus-debian:bookworm")
+    message = str(caught.value)
+    assert message.startswith("the sandbox did not start") and "exited with code 127" in message, message
+    assert "the image needs python3" in message and "\n" not in message
+    assert docker_nx.sandbox_list()["sandboxes"] == []
+    [row] = docker_nx.store.select(include_stopped=True)
+    assert row["status"] == "failed"
+    assert docker_nx.provider("docker").box_ids() == set()  # no container left behind
+
+
 def test_template_build_reports_progress(nexus):
     # The image already exists (test.sh built it): this checks the command and its cache.
     result = nexus("sandbox", "template", "build", timeout=600)
@@ -176,9 +195,19 @@ def tcp_engine(monkeypatch):
 
 def test_a_remote_engine_works_through_docker_exec(tcp_engine, data_dir, tmp_path):
     nx = SandboxManager(data_dir, provider="docker")
-    sandbox = nx.sandbox_create("remote")["sandbox_id"]
-    # Nothing of the box is on this machine: the agent travels in a volume, requests through exec.
+    sandbox = nx.sandbox_create("remote", env={"TOKEN": "s3cret"})["sandbox_id"]
+    # Nothing of the box is on this machine: the agent's code comes from a read-only volume,
+    # its config through standard input, requests through exec.
     assert nx.store.get(sandbox)["provider_state"]["transport"] == "exec"
+    container = container_of(nx, sandbox)
+    assert [m["RW"] for m in container.attrs["Mounts"]] == [False]
+    assert "s3cret" not in str(container.attrs)
+    writes = nx.sandbox_run(
+        sandbox,
+        "bash",
+        "touch /opt/nexus/x 2>/dev/null && echo CODE-WRITABLE; head -c 100M /dev/zero > /run/nexus/f; echo rc=$?; rm /run/nexus/f",
+    )
+    assert writes["stdout"] == "rc=1\n", writes
     assert nx.sandbox_run(sandbox, "python", "print(6 * 7)")["stdout"] == "42\n"
     assert nx.sandbox_run(sandbox, "javascript", "console.log(await Promise.resolve('js'))")["stdout"] == "js\n"
     streamed = []
@@ -226,13 +255,13 @@ def warm_pool(data_dir):
 
 def test_the_warm_pool_hands_out_started_containers_and_refills(warm_pool):
     nx, backend = warm_pool(2)
-    record = nx.sandbox_create("from-pool", memory_mb=512, env={"GREETING": "hello"})
+    record = nx.sandbox_create("from-pool", memory_mb=2048, env={"GREETING": "hello"})
     sandbox = record["sandbox_id"]
     state = nx.store.get(sandbox)["provider_state"]
     assert state["pool_slot"].startswith("pool-")
     container = container_of(nx, sandbox)
     assert container.name.endswith(sandbox)
-    assert container.attrs["HostConfig"]["Memory"] == 512 << 20  # updated on claim
+    assert container.attrs["HostConfig"]["Memory"] == 2048 << 20  # updated on claim
     assert nx.sandbox_run(sandbox, "bash", "echo $GREETING")["stdout"] == "hello\n"
     wait_for_pool(backend, 2)  # refilled in the background
     # a pool container is not an orphan, and a claimed one is a sandbox like any other

@@ -48,22 +48,26 @@ def require_tools() -> None:
 
 
 def host_networks() -> list[str]:
-    """The host's own IPv4 addresses and the networks it is attached to, as CIDRs."""
+    """The host's own IPv4 addresses (as /32) and the networks it is attached to, as CIDRs."""
     found: set[str] = set()
     for args in (["-o", "-4", "addr", "show"], ["-4", "route", "show", "scope", "link"]):
         try:
             out = subprocess.run(["ip", *args], capture_output=True, text=True, check=False).stdout
         except OSError:
             continue
-        for word in out.split():
-            try:
-                network = ipaddress.ip_network(word, strict=False)
-            except ValueError:
-                continue
-            if network.version == 4 and not network.is_loopback:
-                found.add(str(network))
-                if "/" in word:
-                    found.add(str(ipaddress.ip_interface(word).ip) + "/32")
+        for line in out.splitlines():
+            words = line.split()
+            if args[1] == "-4" and "inet" in words:  # "2: eth0    inet 192.0.2.2/24 brd ..."
+                address = ipaddress.ip_interface(words[words.index("inet") + 1])
+                if not address.ip.is_loopback:
+                    found |= {f"{address.ip}/32", str(address.network)}
+            elif words and args[1] == "route":  # "172.17.0.0/16 dev docker0 proto kernel scope link ..."
+                try:
+                    network = ipaddress.ip_network(words[0], strict=False)
+                except ValueError:
+                    continue
+                if not network.is_loopback:
+                    found.add(str(network))
     return sorted(found)
 
 
