@@ -13,6 +13,9 @@ need_apt=()
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v jq >/dev/null || need_apt+=(jq)
+# --allow-internet for local sandboxes: user-mode networking in the box's own namespace
+command -v slirp4netns >/dev/null || need_apt+=(slirp4netns)
+command -v ip >/dev/null || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "==> apt-get install ${need_apt[*]}"

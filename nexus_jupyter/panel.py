@@ -131,7 +131,7 @@ class SandboxPanel:
         self.refresh()
 
     def show_error(self, text: str) -> None:
-        self.message.value = f'<span style="color: #c62828">Error: {html.escape(text)}</span>'
+        self.message.value = f'<span style="color: #c62828">Error: {html.escape(printable(text))}</span>'
 
     # ---- keeping it current while displayed
     def _auto_refresh(self) -> None:

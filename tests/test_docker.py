@@ -205,7 +205,8 @@ def test_a_remote_engine_works_through_docker_exec(tcp_engine, data_dir, tmp_pat
     writes = nx.sandbox_run(
         sandbox,
         "bash",
-        "touch /opt/nexus/x 2>/dev/null && echo CODE-WRITABLE; head -c 100M /dev/zero > /run/nexus/f; echo rc=$?; rm /run/nexus/f",
+        "touch /opt/nexus/x 2>/dev/null && echo CODE-WRITABLE; "
+        "head -c 100M /dev/zero > /run/nexus/f; echo rc=$?; rm /run/nexus/f",
     )
     assert writes["stdout"] == "rc=1\n", writes
     assert nx.sandbox_run(sandbox, "python", "print(6 * 7)")["stdout"] == "42\n"

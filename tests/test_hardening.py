@@ -51,6 +51,17 @@ def in_background(nx, sandbox, code, timeout=60, language="python"):
     return thread, outcome
 
 
+# Box code that puts its own server where the agent's socket was (keeping the real one aside).
+SWAP_SOCKET = """
+import os, socket, threading, time
+os.rename('/run/nexus/agent.sock', '/run/nexus/real.sock')
+server = socket.socket(socket.AF_UNIX)
+server.bind('/run/nexus/agent.sock')
+server.listen(8)
+print('ready', flush=True)
+"""
+
+
 def box_host_pids(nx, sandbox) -> list[int]:
     """Host pids of every process inside the box."""
     row = nx.store.get(sandbox)
@@ -125,13 +136,9 @@ def test_a_fifo_in_place_of_the_agent_socket_does_not_block_the_host(nx, sandbox
 def test_a_fake_agent_fails_the_proof_and_is_sent_no_file(nx, sandbox):
     # Code in the box swaps the agent's socket for its own server, which records
     # what it is sent, then puts the real socket back.
-    fake = """
-import os, socket
-os.rename('/run/nexus/agent.sock', '/run/nexus/real.sock')
-server = socket.socket(socket.AF_UNIX)
-server.bind('/run/nexus/agent.sock')
-server.listen(1)
-print('ready', flush=True)
+    fake = (
+        SWAP_SOCKET
+        + """
 conn, _ = server.accept()
 conn.settimeout(3)
 received = b''
@@ -147,6 +154,7 @@ except OSError:
 open('/tmp/received', 'wb').write(received)
 os.replace('/run/nexus/real.sock', '/run/nexus/agent.sock')
 """
+    )
     thread, _ = in_background(nx, sandbox, fake)
     with pytest.raises(SandboxStateError, match="failed the agent's proof"):
         nx.sandbox_write_file(sandbox, "secret.txt", b"TOP-SECRET " * 1000)
@@ -171,13 +179,9 @@ def test_another_boxs_agent_refuses_a_request_made_for_this_box(nx, sandbox):
 
 def test_a_wedged_socket_holder_cannot_hang_the_host(nx, sandbox, nexus, data_dir, provider):
     # Whatever holds the socket answers one byte every 10 s, forever.
-    drip = """
-import os, socket, threading, time
-os.rename('/run/nexus/agent.sock', '/run/nexus/real.sock')
-server = socket.socket(socket.AF_UNIX)
-server.bind('/run/nexus/agent.sock')
-server.listen(8)
-print('ready', flush=True)
+    drip = (
+        SWAP_SOCKET
+        + """
 def drip(conn):
     try:
         while True:
@@ -189,6 +193,7 @@ while True:
     conn, _ = server.accept()
     threading.Thread(target=drip, args=(conn,), daemon=True).start()
 """
+    )
     in_background(nx, sandbox, drip, timeout=120)
     started = time.monotonic()
     run = nexus("sandbox", "run", sandbox, "-l", "bash", "-c", "echo hi", "--timeout", "1")

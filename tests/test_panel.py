@@ -65,3 +65,14 @@ def test_errors_show_inline(panel, nx, data_dir):
     SandboxManager(data_dir).sandbox_stop(sandbox)  # another process stops it first
     panel.buttons[("pause", sandbox)].click()
     assert f"Sandbox {sandbox} is stopped" in panel.message.value
+
+
+def test_names_with_control_characters_are_shown_escaped(panel, nx):
+    from nexus_jupyter.magics import SandboxTable
+
+    nx.sandbox_create("evil\x1b[2J<b>bold</b>")
+    panel.refresh()
+    assert "evil\\x1b[2J&lt;b&gt;bold&lt;/b&gt;" in cell_texts(panel)
+    table = SandboxTable(nx.sandbox_list()["sandboxes"])
+    assert "\x1b" not in repr(table) and "evil\\x1b[2J" in repr(table)
+    assert "\x1b" not in table._repr_html_() and "evil\\x1b[2J&lt;b&gt;" in table._repr_html_()

@@ -586,8 +586,9 @@ def _apply_kernel_limits(limits):
                 pass
 
 
-def _children_map():
-    children = {}
+def _processes():
+    """(pid, state, parent pid) of every process this box's /proc shows."""
+    found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -596,8 +597,15 @@ def _children_map():
                 fields = stat_file.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] != b"Z":  # zombies hold nothing; the ones that are ours get reaped
-            children.setdefault(int(fields[1]), []).append(int(name))
+        found.append((int(name), fields[0], int(fields[1])))
+    return found
+
+
+def _children_map():
+    children = {}
+    for pid, state, parent in _processes():
+        if state != b"Z":  # zombies hold nothing; the ones that are ours get reaped
+            children.setdefault(parent, []).append(pid)
     return children
 
 
@@ -625,11 +633,13 @@ def _reap(child=None):
             result = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def _kill_tree():
-    """SIGKILL every descendant until none is left (a fork bomb included)."""
+def _kill_tree(spare=(), reap=None):
+    """SIGKILL every descendant but ``spare`` until none is left (a fork bomb included);
+    ``reap`` collects the dead (default: every exited child of ours)."""
+    reap = reap or _reap
     me = os.getpid()
     for _ in range(1000):
-        pids = _descendants(me)
+        pids = [pid for pid in _descendants(me) if pid not in spare]
         if not pids:
             break
         for pid in pids:
@@ -637,9 +647,9 @@ def _kill_tree():
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        _reap()
+        reap()
         time.sleep(0.001)
-    _reap()
+    reap()
 
 
 def _try_connect(path):

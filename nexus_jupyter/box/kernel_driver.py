@@ -31,7 +31,7 @@ import threading
 import time
 
 # The agent sits beside this file (the driver runs without -I, so its directory is on sys.path).
-from agent import _descendants, _oom_kills
+from agent import _kill_tree, _oom_kills, _processes
 from jupyter_client.manager import KernelManager
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -83,19 +83,7 @@ class Driver:
 
         The driver is a child subreaper, so a process the cell started that
         double-forked or called setsid is still our descendant, not the agent's."""
-        kernel = self.kernel_pid()
-        for _ in range(100):
-            doomed = [pid for pid in _descendants(os.getpid()) if pid != kernel]
-            if not doomed:
-                break
-            for pid in doomed:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            self.reap_orphans()
-            time.sleep(0.002)
-        self.reap_orphans()
+        _kill_tree(spare={self.kernel_pid()}, reap=self.reap_orphans)
 
     def reap_orphans(self):
         """Collect exited orphans that were handed to us (never the kernel: its manager waits for it)."""
@@ -227,17 +215,7 @@ class Driver:
 
 
 def _zombie_children(parent):
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name, "rb") as stat_file:
-                    fields = stat_file.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] == b"Z" and int(fields[1]) == parent:
-                found.append(int(name))
-    return found
+    return [pid for pid, state, ppid in _processes() if state == b"Z" and ppid == parent]
 
 
 def serve_connection(driver, conn):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..agent_client import AgentClient, new_agent_key
 from ..errors import ProviderUnavailable, SandboxError
+from . import network
 from .base import (
     BOX_AGENT,
     BOX_CODE,
@@ -283,7 +284,7 @@ class DockerProvider(Provider):
                 mem_limit=memory,
                 memswap_limit=memory,  # memory plus swap equal to memory: no swap
                 nano_cpus=int(spec.cpus * 1e9),
-                network_mode="bridge" if spec.allow_internet else "none",
+                network_mode=self._internet_network() if spec.allow_internet else "none",
                 read_only=True,
                 tmpfs=tmpfs,
                 shm_size=f"{sizes['shm']}m",
@@ -305,6 +306,30 @@ class DockerProvider(Provider):
         except APIError as exc:
             raise ProviderUnavailable(f"Docker could not start the sandbox: {exc.explanation or exc}") from None
         return {"container_id": container.id, "image": image, "transport": transport, "host_uid": uid, "agent_key": key}
+
+    def _internet_network(self) -> str:
+        """The network of containers allowed online: a bridge of ours whose containers reach
+        the internet but neither each other nor this machine and its networks (iptables).
+        A remote engine's host is not ours to fence: there the engine's own bridge is used,
+        and its network policy is that engine's (the README says so)."""
+        from docker.errors import NotFound
+
+        if not engine_address().startswith("unix://") or os.geteuid() != 0:
+            return "bridge"
+        try:
+            self.client.networks.get(network.DOCKER_NETWORK)
+        except NotFound:
+            self.client.networks.create(
+                network.DOCKER_NETWORK,
+                driver="bridge",
+                options={
+                    "com.docker.network.bridge.name": network.DOCKER_BRIDGE,
+                    "com.docker.network.bridge.enable_icc": "false",
+                },
+                labels={"nexus.network": "internet"},
+            )
+        network.fence_docker_bridge()
+        return network.DOCKER_NETWORK
 
     def _ensure_code_volume(self, image: str) -> str:
         """A volume holding this version of the box-side code, made once per engine, mounted

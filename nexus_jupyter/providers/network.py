@@ -154,3 +154,63 @@ def _read_with_deadline(fd: int, seconds: float) -> bytes:
         readable, _, _ = select.select([fd], [], [], left)
         if readable:
             return os.read(fd, 1)
+
+
+# ---- Docker: containers allowed online join a bridge of ours, fenced with iptables
+
+DOCKER_NETWORK = "nexus-internet"
+DOCKER_BRIDGE = "nexus-inet0"
+
+
+def docker_fence_rules() -> list[list[str]]:
+    """iptables rules (without the verb) that keep a container on our bridge off this
+    machine and its networks: nothing to the host itself (INPUT), nothing forwarded to
+    the private ranges, link-local addresses or the host's own networks (DOCKER-USER,
+    which Docker consults before its own rules).  The internet stays reachable."""
+    rules = [["INPUT", "-i", DOCKER_BRIDGE, "-j", "REJECT"]]
+    # Docker's embedded DNS asks the host's resolvers from the container's namespace:
+    # those stay reachable, for DNS only, even in a private range.
+    for resolver in host_resolvers():
+        for protocol in ("udp", "tcp"):
+            rule = ["-i", DOCKER_BRIDGE, "-d", f"{resolver}/32", "-p", protocol, "--dport", "53", "-j", "RETURN"]
+            rules.append(["DOCKER-USER", *rule])
+    for target in dict.fromkeys([*REFUSED_RANGES, *host_networks()]):
+        rules.append(["DOCKER-USER", "-i", DOCKER_BRIDGE, "-d", target, "-j", "REJECT"])
+    return rules
+
+
+def host_resolvers() -> list[str]:
+    """The IPv4 name servers of /etc/resolv.conf (loopback ones are Docker's to replace)."""
+    found = []
+    try:
+        with open("/etc/resolv.conf") as resolv:
+            for line in resolv:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    try:
+                        address = ipaddress.ip_address(words[1])
+                    except ValueError:
+                        continue
+                    if address.version == 4 and not address.is_loopback:
+                        found.append(str(address))
+    except OSError:
+        pass
+    return found
+
+
+def fence_docker_bridge() -> None:
+    """Insert each fence rule that is missing (idempotent; every create checks), keeping
+    their order: each goes in at the top, so they are inserted last to first."""
+    if shutil.which("iptables") is None:
+        raise ProviderUnavailable(
+            "iptables not found: it fences sandboxes allowed online off this machine's networks "
+            "('apt-get install iptables')"
+        )
+    for rule in reversed(docker_fence_rules()):
+        present = subprocess.run(["iptables", "-w", "-C", *rule], capture_output=True, check=False)
+        if present.returncode != 0:
+            done = subprocess.run(["iptables", "-w", "-I", *rule], capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise ProviderUnavailable(
+                    f"cannot fence the sandbox network with iptables: {done.stderr.strip() or 'failed'}"
+                )
