@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -84,9 +85,14 @@ def test_resource_options_and_env_from_the_cli(nexus, data_dir):
     assert "s3cret-value" not in str(container.attrs["Config"])
 
 
-def test_allow_internet_attaches_the_bridge_network(docker_nx):
+def test_allow_internet_joins_the_fenced_network(docker_nx):
     online = docker_nx.sandbox_create("online", allow_internet_access=True)["sandbox_id"]
-    assert container_of(docker_nx, online).attrs["HostConfig"]["NetworkMode"] == "bridge"
+    assert container_of(docker_nx, online).attrs["HostConfig"]["NetworkMode"] == "nexus-internet"
+    network = docker_nx.provider("docker").client.networks.get("nexus-internet")
+    assert network.attrs["Options"]["com.docker.network.bridge.enable_icc"] == "false"  # boxes cannot reach each other
+    rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=True).stdout
+    assert "-A INPUT -i nexus-inet0 -j REJECT" in rules
+    assert "-A DOCKER-USER -d 10.0.0.0/8 -i nexus-inet0 -j REJECT" in rules
 
 
 def test_a_container_removed_behind_our_back_shows_as_stopped(docker_nx):
