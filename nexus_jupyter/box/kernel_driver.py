@@ -101,7 +101,6 @@ class Driver:
         timeout = float(request.get("timeout", 30))
         limit = int(request.get("max_output_chars", 1 << 20))
         with self.lock:
-            self.reap_orphans()
             started = time.monotonic()
             oom_kills_before = _oom_kills()
             self._drain_iopub()
@@ -199,6 +198,7 @@ class Driver:
             outcome["execution_time"] = round(time.monotonic() - started, 4)
             outcome["ev"] = "end"
             send(outcome)
+            self.reap_orphans()  # what the cell left behind and ended since (after the answer: off its time)
 
     def _drain_iopub(self):
         while True:
