@@ -121,8 +121,8 @@ def attach(box_pid: int, run_dir: Path, launcher: list[str], as_root: bool) -> i
     finally:
         os.close(ready_r)
     if ready != b"1":
-        log = (run_dir / "net.log").read_text(errors="replace").strip().splitlines()
-        raise ProviderUnavailable(f"slirp4netns could not attach the network: {log[-1] if log else 'no output'}")
+        said = "; ".join(line for line in (run_dir / "net.log").read_text(errors="replace").splitlines() if line)
+        raise ProviderUnavailable(f"slirp4netns could not attach the network: {said or 'no output'}")
     enter = ["nsenter", f"--net=/proc/{box_pid}/ns/net"]
     if not as_root:
         enter += [f"--user=/proc/self/fd/{owner_fd}", "--preserve-credentials"]
