@@ -20,6 +20,7 @@ nothing found there is trusted:
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -41,7 +42,11 @@ ResultCallback = Callable[[dict], None]
 RUN_GRACE_SECONDS = 15.0  # after a run's timeout: the agent's own kill, a kernel's interrupt grace
 KERNEL_START_SECONDS = 180.0  # added once, when the agent says the Python kernel is starting
 CALL_SECONDS = 10.0  # ping, touch, list, remove
-MAX_EVENT_BYTES = 64 << 20  # one event line; a 256 KiB file chunk is ~350 KiB of JSON
+MAX_EVENT_BYTES = 16 << 20  # one event line; a 256 KiB file chunk is ~350 KiB of JSON
+# What one answer may weigh, whatever sends it: the output caps (4 bytes a character,
+# JSON escapes included) plus the rich outputs of a run, or a listing.
+MAX_RESULTS_BYTES = 64 << 20
+MAX_LISTING_BYTES = 64 << 20
 PEERCRED = struct.Struct("3i")
 
 
@@ -75,12 +80,14 @@ class AgentImpostor(AgentUnreachable):
 
 
 class _Channel:
-    """One connection with an overall deadline; reads whole lines."""
+    """One connection with an overall deadline and a ceiling on what it may receive; reads whole lines."""
 
-    def __init__(self, sock: socket.socket, deadline: float, describe: Callable[[], str]):
+    def __init__(self, sock: socket.socket, deadline: float, describe: Callable[[], str], ceiling: int):
         self.sock = sock
         self.deadline = deadline
         self.describe = describe
+        self.ceiling = ceiling
+        self.received = 0
         self.buffer = b""
 
     def _remaining(self) -> float:
@@ -112,6 +119,11 @@ class _Channel:
                 raise AgentUnresponsive(self.describe()) from None
             if not chunk:
                 return b""
+            self.received += len(chunk)
+            if self.received > self.ceiling:
+                raise AgentImpostor(
+                    f"the sandbox's agent sent more than {self.ceiling} bytes for one request: refusing"
+                )
             self.buffer += chunk
 
 
@@ -124,6 +136,7 @@ class AgentClient:
         key: str | None,
         *,
         box_uid: int | None = None,
+        agent_pid: int | None = None,
         is_alive: Callable[[], bool] | None = None,
         explain: Callable[[], str] | None = None,
         connect: Callable[[float], socket.socket] | None = None,
@@ -133,6 +146,9 @@ class AgentClient:
         # The host uid the box's processes run as, where the host can know it:
         # the socket file and the peer must belong to it.
         self.box_uid = box_uid
+        # The agent's host pid, where known: the peer must be the agent itself, not
+        # code of the box listening in its place (and relaying to it).
+        self.agent_pid = agent_pid
         self.is_alive = is_alive
         self.explain = explain
         # Another way to reach the agent (a relay through `docker exec`) instead of its socket.
@@ -198,14 +214,23 @@ class AgentClient:
             os.close(dir_fd)
 
     def _check_peer(self, sock: socket.socket) -> None:
-        if self.box_uid is None:
-            return
-        _pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
-        if uid != self.box_uid:
+        pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+        if self.box_uid is not None and uid != self.box_uid:
             raise AgentImpostor(f"the sandbox's agent socket is held by host uid {uid}, not the sandbox's: refusing")
+        # pid 0: the peer is in no pid namespace of ours to name it by; its uid and key still count.
+        if self.agent_pid and pid and pid != self.agent_pid:
+            raise AgentImpostor("the sandbox's agent socket is held by another process of the sandbox: refusing")
 
-    def _events(self, request: dict, seconds: float, wait: float = 15.0, body: Iterator[dict] | None = None):
-        """Send one request and yield its events, all within ``seconds`` (plus ``wait`` to connect)."""
+    def _events(
+        self,
+        request: dict,
+        seconds: float,
+        wait: float = 15.0,
+        body: Iterator[dict] | None = None,
+        ceiling: int = 1 << 20,
+    ):
+        """Send one request and yield its events, all within ``seconds`` (plus ``wait`` to connect)
+        and ``ceiling`` bytes."""
         if not self.key:
             raise AgentImpostor("this sandbox was made by an older nexus-jupyter: stop it and create a new one")
         sock = self.connect(wait) if self.connect is not None else self._connect(wait)
@@ -214,6 +239,7 @@ class AgentClient:
             sock,
             time.monotonic() + seconds,
             lambda: f"the sandbox's agent did not answer a {op} request within {seconds:g} s (unresponsive)",
+            ceiling,
         )
         nonce = secrets.token_hex(16)
         extended = False
@@ -246,6 +272,9 @@ class AgentClient:
                     return
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise AgentUnreachable("the sandbox's agent closed the connection") from exc
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            # an event without its fields, a traceback that is not a list, a chunk that is not base64
+            raise AgentImpostor(f"the sandbox's agent sent a malformed {op} event ({type(exc).__name__})") from None
         finally:
             sock.close()
 
@@ -322,36 +351,46 @@ class AgentClient:
         return self._collect(request, timeout + RUN_GRACE_SECONDS, on_stdout, on_stderr, on_result)
 
     def _collect(self, request: dict, seconds: float, on_stdout, on_stderr, on_result) -> dict:
-        collected: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        """Gather a run's events; what is kept and passed on is capped here too, whatever
+        the other end sends: each stream at the run's character limit, rich outputs at
+        MAX_RESULTS_BYTES."""
+        limit = int(request["max_output_chars"])
+        streams = {
+            "stdout": _CappedStream("stdout", limit, on_stdout),
+            "stderr": _CappedStream("stderr", limit, on_stderr),
+        }
+        ceiling = 8 * limit + MAX_RESULTS_BYTES + (1 << 20)
         results: list[dict] = []
+        results_bytes = 0
         error = None
         end: dict = {}
-        for event in self._events(request, seconds):
+        for event in self._events(request, seconds, ceiling=ceiling):
             kind = event["ev"]
-            if kind in collected:
-                collected[kind].append(event["data"])
-                if callbacks[kind] is not None:
-                    callbacks[kind](event["data"])
+            if kind in streams:
+                streams[kind].add(str(event["data"]))
             elif kind in ("display", "result"):
                 result = {
-                    "data": event["data"],
-                    "metadata": event.get("metadata", {}),
+                    "data": dict(event["data"]),
+                    "metadata": dict(event.get("metadata") or {}),
                     "is_main_result": kind == "result",
                 }
+                results_bytes += len(json.dumps(result))
+                if results_bytes > MAX_RESULTS_BYTES:
+                    streams["stderr"].add(f"\n[nexus: rich outputs over {MAX_RESULTS_BYTES} bytes were dropped]\n")
+                    continue
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
             elif kind == "exception":
-                error = {"name": event["ename"], "value": event["evalue"], "traceback": event["traceback"]}
-                text = "\n".join(event["traceback"]) + "\n"
-                collected["stderr"].append(text)
-                if on_stderr is not None:
-                    on_stderr(text)
+                traceback = [str(line) for line in list(event["traceback"])]
+                error = {"name": str(event["ename"]), "value": str(event["evalue"]), "traceback": traceback}
+                streams["stderr"].add("\n".join(traceback) + "\n")
             elif kind == "end":
                 end = event
-        end["stdout"] = "".join(collected["stdout"])
-        end["stderr"] = "".join(collected["stderr"])
+        for stream in streams.values():
+            stream.close()
+        end["stdout"] = streams["stdout"].text()
+        end["stderr"] = streams["stderr"].text()
         end["results"] = results
         end["error"] = error
         return end
@@ -377,7 +416,9 @@ class AgentClient:
     def read_file_chunks(self, path: str, max_bytes: int) -> Iterator[bytes]:
         """Yield the file's bytes in chunks, never holding it whole; a file over ``max_bytes`` is refused."""
         received = 0
-        for event in self._events({"op": "files.read", "path": path, "max_bytes": max_bytes}, file_transfer_seconds()):
+        request = {"op": "files.read", "path": path, "max_bytes": max_bytes}
+        # base64 is 4/3 of the bytes, plus each chunk's JSON
+        for event in self._events(request, file_transfer_seconds(), ceiling=max_bytes * 3 // 2 + (1 << 20)):
             if event["ev"] == "chunk":
                 chunk = base64.b64decode(event["chunk"])
                 received += len(chunk)
@@ -386,7 +427,41 @@ class AgentClient:
                 yield chunk
 
     def list_files(self, path: str) -> dict:
-        return self._single({"op": "files.list", "path": path})
+        return self._single({"op": "files.list", "path": path}, ceiling=MAX_LISTING_BYTES)
 
     def remove_file(self, path: str) -> dict:
         return self._single({"op": "files.remove", "path": path})
+
+
+class _CappedStream:
+    """One output stream as the host keeps it: at most ``limit`` characters (the agent caps
+    its own output; this holds whatever answers), with a marker where the rest was dropped."""
+
+    def __init__(self, name: str, limit: int, callback: OutputCallback | None):
+        self.name = name
+        self.room = limit + 4096  # the agent's own truncation marker, a traceback's tail
+        self.parts: list[str] = []
+        self.dropped = 0
+        self.callback = callback
+
+    def add(self, text: str) -> None:
+        if self.room <= 0:
+            self.dropped += len(text)
+            return
+        if len(text) > self.room:
+            self.dropped += len(text) - self.room
+            text = text[: self.room]
+        self.room -= len(text)
+        self.parts.append(text)
+        if self.callback is not None:
+            self.callback(text)
+
+    def close(self) -> None:
+        if self.dropped:
+            marker = f"\n[nexus: {self.name}: {self.dropped} more characters than the limit were dropped]\n"
+            self.parts.append(marker)
+            if self.callback is not None:
+                self.callback(marker)
+
+    def text(self) -> str:
+        return "".join(self.parts)

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import host_processes_matching
 from nexus_jupyter import SandboxError, SandboxManager, SandboxStateError, SandboxTimeout
-from nexus_jupyter.agent_client import AgentImpostor
+from nexus_jupyter.agent_client import AgentImpostor, AgentUnresponsive
 from nexus_jupyter.providers.base import BOX_UID_BASE, BOX_UID_SPAN
 
 
@@ -133,33 +133,42 @@ def test_a_fifo_in_place_of_the_agent_socket_does_not_block_the_host(nx, sandbox
     nx.sandbox_stop(sandbox)  # stop needs no agent
 
 
-def test_a_fake_agent_fails_the_proof_and_is_sent_no_file(nx, sandbox):
-    # Code in the box swaps the agent's socket for its own server, which records
-    # what it is sent, then puts the real socket back.
+def test_a_fake_agent_is_refused_and_sent_no_file(nx, sandbox):
+    # Code in the box swaps the agent's socket for its own server, which records what
+    # it is sent on two connections, then puts the real socket back.
     fake = (
         SWAP_SOCKET
         + """
-conn, _ = server.accept()
-conn.settimeout(3)
-received = b''
-try:
-    conn.sendall(b'{"ev": "hello", "proof": "forged"}\\n')
-    while True:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        received += chunk
-except OSError:
-    pass
-open('/tmp/received', 'wb').write(received)
+for attempt in range(2):
+    conn, _ = server.accept()
+    conn.settimeout(3)
+    received = b''
+    try:
+        conn.sendall(b'{"ev": "hello", "proof": "forged"}\\n')
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    except OSError:
+        pass
+    open('/tmp/received-%d' % attempt, 'wb').write(received)
+    conn.close()
 os.replace('/run/nexus/real.sock', '/run/nexus/agent.sock')
 """
     )
     thread, _ = in_background(nx, sandbox, fake)
-    with pytest.raises(SandboxStateError, match="failed the agent's proof"):
+    # The host knows its agent's pid: the fake is refused before anything is sent.
+    with pytest.raises(SandboxStateError, match="held by another process of the sandbox"):
         nx.sandbox_write_file(sandbox, "secret.txt", b"TOP-SECRET " * 1000)
+    # Where the host cannot see the peer (a relay through docker exec), the key's proof refuses it.
+    row = nx.store.get(sandbox)
+    blind = nx.provider(row["provider"]).agent(sandbox, {**row["provider_state"], "agent_pid": None})
+    with pytest.raises(AgentImpostor, match="failed the agent's proof"):
+        blind.write_file("secret.txt", b"TOP-SECRET " * 1000)
     thread.join(30)
-    received = nx.sandbox_read_file(sandbox, "/tmp/received")
+    assert nx.sandbox_read_file(sandbox, "/tmp/received-0") == b""
+    received = nx.sandbox_read_file(sandbox, "/tmp/received-1")
     assert b'"op": "files.write"' in received  # it saw the request line...
     assert b"TOP-SECRET" not in received and b"VE9QLVNFQ1JFV" not in received  # ...never the file
 
@@ -177,8 +186,35 @@ def test_another_boxs_agent_refuses_a_request_made_for_this_box(nx, sandbox):
     assert nx.sandbox_run(other, "bash", "cat marker")["stdout"] == "untouched\n"
 
 
-def test_a_wedged_socket_holder_cannot_hang_the_host(nx, sandbox, nexus, data_dir, provider):
-    # Whatever holds the socket answers one byte every 10 s, forever.
+@pytest.mark.skipif(os.geteuid() != 0, reason="stopping the box's agent from outside needs root")
+def test_a_wedged_agent_cannot_hang_the_host(nx, sandbox, nexus, data_dir):
+    # The agent still accepts connections (the kernel queues them) but never answers.
+    agent = nx.store.get(sandbox)["provider_state"]["agent_pid"]
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        run = nexus("sandbox", "run", sandbox, "-l", "bash", "-c", "echo hi", "--timeout", "1")
+        assert run.returncode != 0 and "did not answer" in run.stderr and "unresponsive" in run.stderr, run
+        assert time.monotonic() - started < 40  # the 1 s timeout plus the grace, not forever
+        started = time.monotonic()
+        listing = nexus("sandbox", "files", sandbox)
+        assert listing.returncode != 0 and "did not answer" in listing.stderr, listing
+        assert time.monotonic() - started < 30
+        started = time.monotonic()
+        (data_dir.parent / "up.txt").write_text("x" * 1000)
+        upload = nexus("sandbox", "upload", sandbox, str(data_dir.parent / "up.txt"), env={"NEXUS_FILE_TIMEOUT": "2"})
+        assert upload.returncode != 0 and "did not answer" in upload.stderr, upload
+        assert time.monotonic() - started < 20
+        # the row is consistent: still active, as the box is
+        assert nexus("sandbox", "status", sandbox, "--json").json()["status"] == "active"
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    assert nexus("sandbox", "run", sandbox, "-l", "bash", "-c", "echo back").stdout == "back\n"
+
+
+def test_a_hostile_socket_holder_cannot_hang_the_host(nx, sandbox):
+    # Where the host cannot see who holds the socket (a relay through docker exec), what
+    # answers one byte every 10 s, forever, is given up on all the same.
     drip = (
         SWAP_SOCKET
         + """
@@ -195,22 +231,17 @@ while True:
 """
     )
     in_background(nx, sandbox, drip, timeout=120)
+    row = nx.store.get(sandbox)
+    blind = nx.provider(row["provider"]).agent(sandbox, {**row["provider_state"], "agent_pid": None})
     started = time.monotonic()
-    run = nexus("sandbox", "run", sandbox, "-l", "bash", "-c", "echo hi", "--timeout", "1")
-    assert run.returncode != 0 and "did not answer" in run.stderr and "unresponsive" in run.stderr, run
-    assert time.monotonic() - started < 40  # the 1 s timeout plus the grace, not forever
+    with pytest.raises(AgentUnresponsive, match="within 10 s"):
+        blind.list_files(".")
+    assert time.monotonic() - started < 25
     started = time.monotonic()
-    listing = nexus("sandbox", "files", sandbox)
-    assert listing.returncode != 0 and "did not answer" in listing.stderr, listing
+    with pytest.raises(AgentUnresponsive, match="within 16 s"):
+        blind.run("bash", "echo hi", 1, max_output_chars=1000)
     assert time.monotonic() - started < 30
-    started = time.monotonic()
-    (data_dir.parent / "up.txt").write_text("x" * 1000)
-    upload = nexus("sandbox", "upload", sandbox, str(data_dir.parent / "up.txt"), env={"NEXUS_FILE_TIMEOUT": "2"})
-    assert upload.returncode != 0 and "did not answer" in upload.stderr, upload
-    assert time.monotonic() - started < 20
-    # the row is consistent: still there, and stop (which needs no agent) ends it
-    assert nexus("sandbox", "status", sandbox, "--json").json()["status"] == "active"
-    assert nexus("sandbox", "stop", sandbox, "--json").json()["status"] == "stopped"
+    assert nx.sandbox_stop(sandbox)["status"] == "stopped"  # stop needs no agent
 
 
 def test_what_a_box_writes_in_its_socket_directory_stays_within_its_disk_limit(nx):

@@ -39,6 +39,7 @@ PR_SET_DUMPABLE = 4
 READ_CHUNK = 65536
 FILE_CHUNK = 256 * 1024
 MAX_REQUEST_LINE = 64 << 20
+FIRST_LINE_SECONDS = 30
 TIMEOUT_EXIT_CODE = 124
 CANCELLED_EXIT_CODE = 130
 # Loaded once at start: dlopen after fork() is not safe.
@@ -122,7 +123,13 @@ class Connection:
             raise ClientGone() from exc
 
     def serve(self):
-        line = self.reader.readline(MAX_REQUEST_LINE)
+        # A connection that never proves itself ends: it holds nothing and keeps nothing alive.
+        self.sock.settimeout(FIRST_LINE_SECONDS)
+        try:
+            line = self.reader.readline(MAX_REQUEST_LINE)
+        except OSError:
+            return
+        self.sock.settimeout(None)
         if not line:
             return
         try:
@@ -139,6 +146,8 @@ class Connection:
             self.send({"ev": "error", "message": "this is not the agent of the sandbox the request was made for"})
             return
         self.send({"ev": "hello", "proof": _mac(self.config.key, "agent", nonce)})
+        # Only a request the host made counts as use of the box (its idle clock).
+        _write_all(self.control_fd, (json.dumps({"serving": os.getpid()}) + "\n").encode())
         try:
             handler(request)
         except (OSError, ValueError) as exc:
@@ -200,8 +209,10 @@ class Connection:
         if driver is None:
             self.send({"ev": "starting"})  # the host allows for the kernel's start, once
             driver = self._kernel_driver()
+        # The driver's socket is in reach of the box's code: it gets no proof to replay.
+        forward = {key: value for key, value in request.items() if key not in ("nonce", "auth")}
         try:
-            driver.sendall((json.dumps(request) + "\n").encode())
+            driver.sendall((json.dumps(forward) + "\n").encode())
             selector = selectors.DefaultSelector()
             selector.register(driver, selectors.EVENT_READ)
             selector.register(self.sock, selectors.EVENT_READ)
@@ -709,7 +720,8 @@ def serve(config):
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     selector.register(control_r, selectors.EVENT_READ)
-    serving = set()
+    children = set()  # connection children, to reap
+    serving = set()  # those serving a request the host proved: only they keep the box in use
     tick = 1.0
     last_activity = last_tick = time.monotonic()
     while True:
@@ -724,10 +736,12 @@ def serve(config):
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
+                children.clear()
                 serving.clear()
                 break
             if pid == 0:
                 break
+            children.discard(pid)
             if pid in serving:
                 serving.discard(pid)
                 last_activity = now
@@ -739,7 +753,6 @@ def serve(config):
                     if exc.errno in (errno.EAGAIN, errno.EINTR, errno.ECONNABORTED):
                         continue
                     raise
-                last_activity = now
                 pid = os.fork()
                 if pid == 0:
                     try:
@@ -752,10 +765,12 @@ def serve(config):
                     finally:
                         os._exit(0)
                 conn.close()
-                serving.add(pid)
+                children.add(pid)
             else:
                 for line in _read_all(control_r).splitlines():
                     change = json.loads(line)
+                    if change.get("serving") in children:
+                        serving.add(change["serving"])
                     config.idle_timeout = change.get("idle_timeout", config.idle_timeout)
                     config.env = change.get("env", config.env)
                 last_activity = now

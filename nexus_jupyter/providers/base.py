@@ -68,6 +68,16 @@ def box_host_uid(sandbox_id: str) -> int:
     raise ProviderUnavailable("no free host uid for the sandbox in the range nexus-jupyter uses")
 
 
+def process_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat):
+    with its pid, what tells it from a later process that reused the pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def private_dir(path: Path) -> Path:
     """Make ``path`` (and missing parents) a directory only its owner can enter."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -24,6 +24,7 @@ import secrets
 import shutil
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 from ..agent_client import AgentClient, new_agent_key
@@ -190,6 +191,7 @@ class DockerProvider(Provider):
             self.box_dir(sandbox_id) / "run" / "agent.sock",
             state.get("agent_key"),
             box_uid=box_uid,
+            agent_pid=state.get("agent_pid") if box_uid is not None else None,
             is_alive=lambda: self.inspect(sandbox_id, state) != "stopped",
             explain=lambda: self._why_stopped(sandbox_id, state),
             connect=connect,
@@ -233,6 +235,7 @@ class DockerProvider(Provider):
     def _start_container(self, box_id: str, spec: BoxSpec, image: str, pool: bool) -> dict:
         """Create and start one hardened container for ``box_id`` (a sandbox id, or a pool slot)."""
         from docker.errors import APIError, ImageNotFound
+        from docker.types import LogConfig
 
         client = self.client
         transport = choose_transport()
@@ -264,7 +267,7 @@ class DockerProvider(Provider):
             # The engine is elsewhere (or we cannot mount): the code comes from a read-only
             # volume, the socket directory is a tmpfs of the container's, the config comes
             # through the container's standard input.
-            volumes = {self._ensure_code_volume(image): {"bind": BOX_CODE, "mode": "ro"}}
+            volumes = {self._ensure_code_volume(image): {"bind": BOX_CODE, "mode": "ro,nocopy"}}
             tmpfs[BOX_RUN] = f"size={sizes['run']}m,uid={uid},gid={uid},mode=0700,{tmpfs_options}"
             command = agent_command("python3", spec.idle_timeout_seconds, BOX_HOME)
             command[command.index("--config-file") + 1] = "-"
@@ -292,12 +295,16 @@ class DockerProvider(Provider):
                 working_dir=BOX_HOME,
                 environment={"HOME": BOX_HOME},
                 ipc_mode="private",
+                # What reaches the container's output (its init's descriptors are the box's
+                # to write to) is kept on this machine's disk: 1 MiB of it at most.
+                log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
                 stdin_open=transport == "exec",
             )
             if transport == "exec":
                 send_config_through_attach(client, container.id, config, container.start)
             else:
                 container.start()
+                (box / "agent.pid").write_text(str(self._agent_host_pid(container)))
         except ImageNotFound:
             # containers.create never pulls (containers.run would try a registry).
             raise ProviderUnavailable(
@@ -305,7 +312,16 @@ class DockerProvider(Provider):
             ) from None
         except APIError as exc:
             raise ProviderUnavailable(f"Docker could not start the sandbox: {exc.explanation or exc}") from None
-        return {"container_id": container.id, "image": image, "transport": transport, "host_uid": uid, "agent_key": key}
+        state = {
+            "container_id": container.id,
+            "image": image,
+            "transport": transport,
+            "host_uid": uid,
+            "agent_key": key,
+        }
+        if transport == "socket":
+            state["agent_pid"] = int((box / "agent.pid").read_text())
+        return state
 
     def _internet_network(self) -> str:
         """The network of containers allowed online: a bridge of ours whose containers reach
@@ -331,6 +347,23 @@ class DockerProvider(Provider):
         network.fence_docker_bridge()
         return network.DOCKER_NETWORK
 
+    @staticmethod
+    def _agent_host_pid(container) -> int:
+        """The agent's pid on this machine: the child of the container's init (0 if unseen)."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            container.reload()
+            init = container.attrs.get("State", {}).get("Pid") or 0
+            try:
+                with open(f"/proc/{init}/task/{init}/children") as children:
+                    found = children.read().split()
+            except OSError:
+                return 0
+            if found:
+                return int(found[0])
+            time.sleep(0.005)
+        return 0
+
     def _ensure_code_volume(self, image: str) -> str:
         """A volume holding this version of the box-side code, made once per engine, mounted
         read-only into every box (so nothing a box writes lands in a volume)."""
@@ -343,15 +376,15 @@ class DockerProvider(Provider):
         try:
             self.client.volumes.get(name)
         except NotFound:
-            volume = self.client.volumes.create(name=name, labels={"nexus.agent_code": digest})
-            # A container that is never started, only to fill the volume.
-            filler = self.client.containers.create(
-                image, "true", volumes={volume.name: {"bind": BOX_CODE, "mode": "rw"}}
-            )
-            try:
-                filler.put_archive(BOX_CODE, archive)
-            finally:
-                filler.remove(force=True)
+            self.client.volumes.create(name=name, labels={"nexus.agent_code": digest})
+        # Filled once per process (a fill cut short is mended by the next), by a container
+        # that is never started; "nocopy": nothing of the image at that path enters the
+        # volume, so no image can plant files beside the agent for later boxes.
+        filler = self.client.containers.create(image, "true", volumes={name: {"bind": BOX_CODE, "mode": "rw,nocopy"}})
+        try:
+            filler.put_archive(BOX_CODE, archive)
+        finally:
+            filler.remove(force=True)
         self._code_volume = name
         return name
 
@@ -386,6 +419,8 @@ class DockerProvider(Provider):
                 "host_uid": box_host_uid(slot),
                 "agent_key": (self.box_dir(spec.sandbox_id) / "agent.key").read_text(),
             }
+            if transport == "socket":
+                state["agent_pid"] = int((self.box_dir(spec.sandbox_id) / "agent.pid").read_text())
             if (spec.memory_mb, spec.cpus, spec.max_processes) != (
                 POOL_SHAPE.memory_mb,
                 POOL_SHAPE.cpus,

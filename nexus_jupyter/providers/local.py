@@ -30,7 +30,16 @@ from pathlib import Path
 from ..agent_client import AgentClient, new_agent_key
 from ..errors import ProviderUnavailable
 from . import network
-from .base import BOX_CODE_SOURCE, BoxSpec, Provider, agent_command, box_environment, box_host_uid, private_dir
+from .base import (
+    BOX_CODE_SOURCE,
+    BoxSpec,
+    Provider,
+    agent_command,
+    box_environment,
+    box_host_uid,
+    private_dir,
+    process_start_time,
+)
 from .cgroups import Cgroups
 from .isolation import BOX_HOME, bwrap_command, choose_isolation, make_layout, unshare_command
 
@@ -71,15 +80,6 @@ def _runtime_paths() -> list[str]:
             continue
         paths.append(path)
     return paths
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return int(stat.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _interpreters() -> dict:
@@ -133,6 +133,7 @@ class LocalProvider(Provider):
             self.box_dir(sandbox_id) / "fs" / "run" / "agent.sock",
             state.get("agent_key"),
             box_uid=state.get("host_uid"),
+            agent_pid=state.get("agent_pid"),
             is_alive=lambda: self.inspect(sandbox_id, state) != "stopped",
             explain=lambda: self._log_tail(sandbox_id),
         )
@@ -163,6 +164,9 @@ class LocalProvider(Provider):
             "agent_key": new_agent_key(),
             "tmpfs": self._mount_box_fs(box / "fs", spec.disk_mb, host_uid),
         }
+        if as_root and not state["tmpfs"]:
+            # Plain directories would put the box's files on this machine's disk, unbounded.
+            raise ProviderUnavailable(f"cannot mount the sandbox's tmpfs at {box / 'fs'}")
         for sub, mode in (("home", 0o700), ("run", 0o700), ("tmp", 0o1777), ("shm", 0o1777)):
             (box / "fs" / sub).mkdir(exist_ok=True)
             os.chmod(box / "fs" / sub, mode)
@@ -216,10 +220,9 @@ class LocalProvider(Provider):
                 start_new_session=True,
             )
         self._wait_launched(spec.sandbox_id)
+        state["agent_pid"] = self._agent_pid(spec.sandbox_id)
         if spec.allow_internet:
-            box_pid = self._agent_pid(spec.sandbox_id)
-            net_pid = network.attach(box_pid, box, self._launcher(), as_root)
-            (box / "net.started").write_text(str(_start_time(net_pid)))
+            network.attach(state["agent_pid"], box, self._launcher())
         return state
 
     @staticmethod
@@ -260,7 +263,7 @@ class LocalProvider(Provider):
                     tail = self._log_tail(sandbox_id) or "no output"
                     raise ProviderUnavailable(f"the sandbox did not start: {tail}") from None
                 time.sleep(0.0005)
-        started = _start_time(pid)
+        started = process_start_time(pid)
         (box / "box.started").write_text(str(started) if started is not None else "gone")
 
     def _mount_box_fs(self, where: Path, disk_mb: int, owner: int) -> bool:
@@ -293,7 +296,7 @@ class LocalProvider(Provider):
             recorded = (box / "box.started").read_text()
         except (OSError, ValueError):
             return None
-        started = _start_time(pid)
+        started = process_start_time(pid)
         if started is None or str(started) != recorded:
             return None  # gone, or the pid now belongs to another process
         return pid
@@ -354,7 +357,7 @@ class LocalProvider(Provider):
             recorded = (box / "net.started").read_text()
         except (OSError, ValueError):
             return
-        if str(_start_time(pid)) == recorded:  # not a reused pid
+        if str(process_start_time(pid)) == recorded:  # not a reused pid
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

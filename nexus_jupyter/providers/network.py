@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ..errors import ProviderUnavailable
+from .base import process_start_time
 
 SLIRP_CIDR = "10.0.2.0/24"  # slirp4netns's own: the box is 10.0.2.100, its DNS 10.0.2.3
 SLIRP_DNS = "10.0.2.3"
@@ -81,10 +82,13 @@ def refusal_routes() -> list[str]:
     return [f"route add prohibit {target}" for target in dict.fromkeys(targets)]
 
 
-def attach(box_pid: int, run_dir: Path, launcher: list[str], as_root: bool) -> int:
-    """Give the network namespace of ``box_pid`` outbound access; returns slirp4netns's pid.
+def attach(box_pid: int, run_dir: Path, launcher: list[str]) -> int:
+    """Give the network namespace of ``box_pid`` outbound access; returns slirp4netns's pid
+    (also in ``run_dir/net.pid``, its start time in ``net.started``).
 
     ``launcher`` starts a command detached and writes its pid to the file it is given.
+    slirp4netns parses the box's packets: it runs sandboxed (an empty mount namespace,
+    every capability dropped) under a seccomp filter.
     """
     require_tools()
     # The namespace belongs to the user namespace bubblewrap made first, not to the
@@ -95,39 +99,46 @@ def attach(box_pid: int, run_dir: Path, launcher: list[str], as_root: bool) -> i
         owner_fd = fcntl.ioctl(net_fd, NS_GET_USERNS)
     finally:
         os.close(net_fd)
-    ready_r, ready_w = os.pipe()
     pid_file = run_dir / "net.pid"
-    # fmt: off
-    command = [
-        "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", f"--ready-fd={ready_w}",
-        f"--userns-path=/proc/self/fd/{owner_fd}", str(box_pid), "tap0",
-    ]
-    # fmt: on
     try:
-        with open(run_dir / "net.log", "ab") as log:
-            subprocess.run(
-                [*launcher, str(pid_file), "--", *command],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                pass_fds=(ready_w, owner_fd),
-                check=True,
-                start_new_session=True,
-            )
-    finally:
-        os.close(ready_w)
-    try:
-        ready = _read_with_deadline(ready_r, 10)
-    finally:
-        os.close(ready_r)
-    if ready != b"1":
-        said = "; ".join(line for line in (run_dir / "net.log").read_text(errors="replace").splitlines() if line)
-        raise ProviderUnavailable(f"slirp4netns could not attach the network: {said or 'no output'}")
-    enter = ["nsenter", f"--net=/proc/{box_pid}/ns/net"]
-    if not as_root:
-        enter += [f"--user=/proc/self/fd/{owner_fd}", "--preserve-credentials"]
-    batch = "\n".join(refusal_routes()) + "\n"
-    try:
+        ready_r, ready_w = os.pipe()
+        try:
+            # fmt: off
+            command = [
+                "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+                "--enable-sandbox", "--enable-seccomp", f"--ready-fd={ready_w}",
+                f"--userns-path=/proc/self/fd/{owner_fd}", str(box_pid), "tap0",
+            ]
+            # fmt: on
+            with open(run_dir / "net.log", "ab") as log:
+                subprocess.run(
+                    [*launcher, str(pid_file), "--", *command],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(ready_w, owner_fd),
+                    check=True,
+                    start_new_session=True,
+                )
+            os.close(ready_w)
+            ready_w = -1
+            ready = _read_with_deadline(ready_r, 10)
+        finally:
+            os.close(ready_r)
+            if ready_w >= 0:
+                os.close(ready_w)
+        slirp = int(pid_file.read_text())
+        (run_dir / "net.started").write_text(
+            str(process_start_time(slirp))
+        )  # so destroy finds it, whatever happens next
+        if ready != b"1":
+            lines = (run_dir / "net.log").read_text(errors="replace").splitlines()
+            said = "; ".join(line for line in lines if line and not line.startswith("WARNING"))
+            raise ProviderUnavailable(f"slirp4netns could not attach the network: {said or 'no output'}")
+        enter = ["nsenter", f"--net=/proc/{box_pid}/ns/net"]
+        if os.geteuid() != 0:
+            enter += [f"--user=/proc/self/fd/{owner_fd}", "--preserve-credentials"]
+        batch = "\n".join(refusal_routes()) + "\n"
         done = subprocess.run(
             [*enter, "ip", "-batch", "-"],
             input=batch,
@@ -136,11 +147,11 @@ def attach(box_pid: int, run_dir: Path, launcher: list[str], as_root: bool) -> i
             check=False,
             pass_fds=(owner_fd,),
         )
+        if done.returncode != 0:
+            raise ProviderUnavailable(f"cannot restrict the sandbox's network: {done.stderr.strip() or 'ip failed'}")
+        return slirp
     finally:
         os.close(owner_fd)
-    if done.returncode != 0:
-        raise ProviderUnavailable(f"cannot restrict the sandbox's network: {done.stderr.strip() or 'ip failed'}")
-    return int(pid_file.read_text())
 
 
 def _read_with_deadline(fd: int, seconds: float) -> bytes:
