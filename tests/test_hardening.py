@@ -244,6 +244,32 @@ while True:
     assert nx.sandbox_stop(sandbox)["status"] == "stopped"  # stop needs no agent
 
 
+def test_a_flood_through_a_fake_kernel_driver_is_capped_on_the_host(nx, sandbox):
+    # Code in the box takes the kernel driver's socket (the agent forwards what it sends)
+    # and answers the next cell with 300 MB of output.
+    flood = """
+import json, socket
+server = socket.socket(socket.AF_UNIX)
+server.bind('/run/nexus/kernel.sock')
+server.listen(1)
+print('ready', flush=True)
+conn, _ = server.accept()
+conn.makefile('rb').readline()
+line = (json.dumps({"ev": "stdout", "data": "y" * (1 << 20)}) + "\\n").encode()
+try:
+    for _ in range(300):
+        conn.sendall(line)
+    conn.sendall(b'{"ev": "end", "exit_code": 0, "execution_time": 1}\\n')
+except OSError:
+    pass
+"""
+    in_background(nx, sandbox, flood)
+    started = time.monotonic()
+    with pytest.raises(SandboxStateError, match="sent more than"):
+        nx.sandbox_run(sandbox, "python", "1", timeout=60)
+    assert time.monotonic() - started < 60
+
+
 def test_what_a_box_writes_in_its_socket_directory_stays_within_its_disk_limit(nx):
     sandbox = nx.sandbox_create("fill-run-dir", memory_mb=512, disk_mb=64)["sandbox_id"]
     host_dir = socket_dir(nx, sandbox)
