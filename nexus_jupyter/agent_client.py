@@ -262,6 +262,7 @@ class AgentClient:
                 kind = event.get("ev")
                 if kind == "error":
                     raise SandboxError(str(event.get("message", "agent error")))
+                _check_shape(op, event)
                 if kind == "starting" and not extended:
                     # The first Python cell also waits for the kernel to start.
                     channel.deadline += KERNEL_START_SECONDS
@@ -272,9 +273,6 @@ class AgentClient:
                     return
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise AgentUnreachable("the sandbox's agent closed the connection") from exc
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            # an event without its fields, a traceback that is not a list, a chunk that is not base64
-            raise AgentImpostor(f"the sandbox's agent sent a malformed {op} event ({type(exc).__name__})") from None
         finally:
             sock.close()
 
@@ -367,11 +365,11 @@ class AgentClient:
         for event in self._events(request, seconds, ceiling=ceiling):
             kind = event["ev"]
             if kind in streams:
-                streams[kind].add(str(event["data"]))
+                streams[kind].add(event["data"])
             elif kind in ("display", "result"):
                 result = {
-                    "data": dict(event["data"]),
-                    "metadata": dict(event.get("metadata") or {}),
+                    "data": event["data"],
+                    "metadata": event.get("metadata", {}),
                     "is_main_result": kind == "result",
                 }
                 results_bytes += len(json.dumps(result))
@@ -382,9 +380,8 @@ class AgentClient:
                 if on_result is not None:
                     on_result(result)
             elif kind == "exception":
-                traceback = [str(line) for line in list(event["traceback"])]
-                error = {"name": str(event["ename"]), "value": str(event["evalue"]), "traceback": traceback}
-                streams["stderr"].add("\n".join(traceback) + "\n")
+                error = {"name": event["ename"], "value": event["evalue"], "traceback": event["traceback"]}
+                streams["stderr"].add("\n".join(event["traceback"]) + "\n")
             elif kind == "end":
                 end = event
         for stream in streams.values():
@@ -419,8 +416,11 @@ class AgentClient:
         request = {"op": "files.read", "path": path, "max_bytes": max_bytes}
         # base64 is 4/3 of the bytes, plus each chunk's JSON
         for event in self._events(request, file_transfer_seconds(), ceiling=max_bytes * 3 // 2 + (1 << 20)):
-            if event["ev"] == "chunk":
-                chunk = base64.b64decode(event["chunk"])
+            if event.get("ev") == "chunk":
+                try:
+                    chunk = base64.b64decode(event["chunk"], validate=True)
+                except binascii.Error:
+                    raise AgentImpostor("the sandbox's agent sent a file chunk that is not base64") from None
                 received += len(chunk)
                 if received > max_bytes:
                     raise SandboxError(f"the file is over the {max_bytes}-byte transfer limit")
@@ -431,6 +431,42 @@ class AgentClient:
 
     def remove_file(self, path: str) -> dict:
         return self._single({"op": "files.remove", "path": path})
+
+
+def _is_text_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _has_exit(event: dict) -> bool:
+    return isinstance(event.get("exit_code"), int) and isinstance(event.get("execution_time"), (int, float))
+
+
+# What each event must carry for the code that reads it; the end of each operation too.
+EVENT_SHAPES: dict[str, Callable[[dict], bool]] = {
+    "stdout": lambda e: isinstance(e.get("data"), str),
+    "stderr": lambda e: isinstance(e.get("data"), str),
+    "display": lambda e: isinstance(e.get("data"), dict) and isinstance(e.get("metadata", {}), dict),
+    "result": lambda e: isinstance(e.get("data"), dict) and isinstance(e.get("metadata", {}), dict),
+    "exception": lambda e: (
+        isinstance(e.get("ename"), str) and isinstance(e.get("evalue"), str) and _is_text_list(e.get("traceback"))
+    ),
+    "chunk": lambda e: isinstance(e.get("chunk"), str),
+}
+END_SHAPES: dict[str, Callable[[dict], bool]] = {
+    "run": _has_exit,
+    "execute": _has_exit,
+    "files.write": lambda e: isinstance(e.get("path"), str) and isinstance(e.get("size"), int),
+    "files.list": lambda e: isinstance(e.get("entries"), list) and all(isinstance(x, dict) for x in e["entries"]),
+}
+
+
+def _check_shape(op: str, event: dict) -> None:
+    """An event without its fields, a traceback that is not a list of lines: what answered
+    is not speaking the protocol, and that is one clear error, not a KeyError later."""
+    kind = event.get("ev")
+    shape = END_SHAPES.get(op) if kind == "end" else EVENT_SHAPES.get(kind)
+    if not isinstance(kind, str) or (shape is not None and not shape(event)):
+        raise AgentImpostor(f"the sandbox's agent sent a malformed {op} event ({str(kind)[:20]!r})")
 
 
 class _CappedStream:

@@ -270,6 +270,22 @@ except OSError:
     assert time.monotonic() - started < 60
 
 
+def test_a_malformed_answer_is_one_clear_error(nx, sandbox):
+    fake_driver = """
+import socket
+server = socket.socket(socket.AF_UNIX)
+server.bind('/run/nexus/kernel.sock')
+server.listen(1)
+print('ready', flush=True)
+conn, _ = server.accept()
+conn.makefile('rb').readline()
+conn.sendall(b'{"ev": "exception", "ename": "X", "evalue": "y", "traceback": 7}\\n')
+"""
+    in_background(nx, sandbox, fake_driver)
+    with pytest.raises(SandboxStateError, match="sent a malformed execute event"):
+        nx.sandbox_run(sandbox, "python", "1", timeout=30)
+
+
 def test_what_a_box_writes_in_its_socket_directory_stays_within_its_disk_limit(nx):
     sandbox = nx.sandbox_create("fill-run-dir", memory_mb=512, disk_mb=64)["sandbox_id"]
     host_dir = socket_dir(nx, sandbox)
