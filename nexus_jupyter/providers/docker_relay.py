@@ -30,6 +30,9 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+RELAY_GRACE_SECONDS = 30.0  # after the host hung up, how long the relay in the box has to end
+
+
 def _pump_host_to_box(local: socket.socket, docker_side: socket.socket) -> None:
     try:
         while chunk := local.recv(CHUNK):
@@ -41,6 +44,18 @@ def _pump_host_to_box(local: socket.socket, docker_side: socket.socket) -> None:
             docker_side.shutdown(socket.SHUT_WR)  # the exec's stdin closes: the relay ends
         except OSError:
             pass
+        # A relay that does not end (the box's code stopped it) must not hold this side's
+        # thread and connection forever: the blocked read is woken after a grace.
+        timer = threading.Timer(RELAY_GRACE_SECONDS, _shut, args=(docker_side,))
+        timer.daemon = True
+        timer.start()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _pump_box_to_host(docker_side: socket.socket, local: socket.socket, stderr: list[bytes]) -> None:
