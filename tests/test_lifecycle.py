@@ -89,6 +89,32 @@ def test_the_box_ends_itself_when_idle_even_with_no_manager_running(nx):
     assert backend.inspect(sandbox, row["provider_state"]) == "stopped"
 
 
+def test_code_in_the_box_cannot_keep_it_from_ending_itself(nx):
+    # The kernel keeps a thread that connects to the agent over and over, proving nothing.
+    sandbox = nx.sandbox_create("clinging")["sandbox_id"]
+    nx.sandbox_run(
+        sandbox,
+        "python",
+        "import socket, threading, time\n"
+        "def cling():\n"
+        "    while True:\n"
+        "        s = socket.socket(socket.AF_UNIX)\n"
+        "        try:\n"
+        "            s.connect('/run/nexus/agent.sock')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "        time.sleep(0.3)\n"
+        "threading.Thread(target=cling, daemon=True).start()",
+    )
+    row = nx.store.get(sandbox)
+    backend = nx.provider(row["provider"])
+    backend.touch(sandbox, row["provider_state"], idle_timeout_seconds=1)
+    deadline = time.monotonic() + 15
+    while backend.inspect(sandbox, row["provider_state"]) != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert backend.inspect(sandbox, row["provider_state"]) == "stopped"
+
+
 def test_other_users_sandboxes_read_as_not_found(data_dir, provider):
     alice = SandboxManager(data_dir, provider=provider, user_id="alice")
     bob = SandboxManager(data_dir, provider=provider, user_id="bob")
