@@ -183,7 +183,13 @@ class SandboxManager:
         if disk_mb is None:
             disk = min(DEFAULT_DISK_MB, memory // 2)
         else:
-            disk = whole_number(disk_mb, "disk_mb", 16, max(memory - MEMORY_FOR_PROCESSES_MB, 16))
+            disk = whole_number(disk_mb, "disk_mb", 16, 1 << 30)
+            if disk > memory - MEMORY_FOR_PROCESSES_MB:
+                room = MEMORY_FOR_PROCESSES_MB
+                raise InvalidArgument(
+                    f"disk_mb {disk} is too large for memory_mb {memory}: a sandbox's files live in its memory, "
+                    f"so disk_mb may be at most memory_mb - {room} ({memory - room})"
+                )
         spec = BoxSpec(
             sandbox_id="sb_" + "".join(secrets.choice(ID_ALPHABET) for _ in range(16)),
             template_id=template_id,

@@ -163,7 +163,11 @@ class Store:
         the machine must not read sandboxes' state or reach their boxes' directories.
         SQLite gives its -wal and -shm files the database's own mode."""
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if self.data_dir.stat().st_uid == os.geteuid() and self.data_dir.stat().st_mode & 0o077:
+        info = self.data_dir.stat()
+        # Tightened only when it is ours: new, or already holding the store (never a folder
+        # of the user's that NEXUS_DATA_DIR happens to name).
+        ours = self.path.exists() or not any(self.data_dir.iterdir())
+        if ours and info.st_uid == os.geteuid() and info.st_mode & 0o077:
             self.data_dir.chmod(0o700)
         try:
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))

@@ -172,7 +172,8 @@ def test_a_corrupt_store_is_reported_in_one_line(data_dir, nexus):
         ({"memory_mb": float("nan")}, "memory_mb must be a whole number"),
         ({"cpus": float("nan")}, "cpus must be more than 0"),
         ({"memory_mb": 1 << 20}, "memory_mb must be a whole number from 64 to"),  # 1 TiB: more than this machine
-        ({"disk_mb": 4 << 20}, "disk_mb must be a whole number from 16 to 896"),  # 4 TiB; files live in memory
+        ({"disk_mb": 4 << 20}, "disk_mb 4194304 is too large for memory_mb 1024"),  # 4 TiB; files live in memory
+        ({"disk_mb": 1000}, "disk_mb may be at most memory_mb - 128 (896)"),
         ({"env": ["A=1"]}, "env must be a mapping"),
         ({"env": {"A=B": "1"}}, "env name 'A=B' is not usable"),
         ({"env": {"A\0B": "1"}}, "is not usable"),
