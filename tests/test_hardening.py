@@ -62,6 +62,18 @@ print('ready', flush=True)
 """
 
 
+# Box code that takes the kernel driver's socket (before any driver exists) and reads one cell.
+TAKE_DRIVER_SOCKET = """
+import json, socket
+server = socket.socket(socket.AF_UNIX)
+server.bind('/run/nexus/kernel.sock')
+server.listen(1)
+print('ready', flush=True)
+conn, _ = server.accept()
+conn.makefile('rb').readline()
+"""
+
+
 def box_host_pids(nx, sandbox) -> list[int]:
     """Host pids of every process inside the box."""
     row = nx.store.get(sandbox)
@@ -247,14 +259,9 @@ while True:
 def test_a_flood_through_a_fake_kernel_driver_is_capped_on_the_host(nx, sandbox):
     # Code in the box takes the kernel driver's socket (the agent forwards what it sends)
     # and answers the next cell with 300 MB of output.
-    flood = """
-import json, socket
-server = socket.socket(socket.AF_UNIX)
-server.bind('/run/nexus/kernel.sock')
-server.listen(1)
-print('ready', flush=True)
-conn, _ = server.accept()
-conn.makefile('rb').readline()
+    flood = (
+        TAKE_DRIVER_SOCKET
+        + """
 line = (json.dumps({"ev": "stdout", "data": "y" * (1 << 20)}) + "\\n").encode()
 try:
     for _ in range(300):
@@ -263,6 +270,7 @@ try:
 except OSError:
     pass
 """
+    )
     in_background(nx, sandbox, flood)
     started = time.monotonic()
     with pytest.raises(SandboxStateError, match="sent more than"):
@@ -271,16 +279,12 @@ except OSError:
 
 
 def test_a_malformed_answer_is_one_clear_error(nx, sandbox):
-    fake_driver = """
-import socket
-server = socket.socket(socket.AF_UNIX)
-server.bind('/run/nexus/kernel.sock')
-server.listen(1)
-print('ready', flush=True)
-conn, _ = server.accept()
-conn.makefile('rb').readline()
+    fake_driver = (
+        TAKE_DRIVER_SOCKET
+        + """
 conn.sendall(b'{"ev": "exception", "ename": "X", "evalue": "y", "traceback": 7}\\n')
 """
+    )
     in_background(nx, sandbox, fake_driver)
     with pytest.raises(SandboxStateError, match="sent a malformed execute event"):
         nx.sandbox_run(sandbox, "python", "1", timeout=30)

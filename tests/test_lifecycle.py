@@ -16,6 +16,14 @@ def expire_now(nx: SandboxManager, sandbox_id: str) -> None:
     nx.store.update(sandbox_id, {"expires_at": time.time() - 1})
 
 
+def ends_within(backend, sandbox_id: str, state: dict, seconds: float) -> bool:
+    """Whether the provider sees the box gone within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while backend.inspect(sandbox_id, state) != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return backend.inspect(sandbox_id, state) == "stopped"
+
+
 def test_ttl_is_an_idle_timeout_refreshed_by_every_run(nx):
     record = nx.sandbox_create("ttl", ttl_minutes=5)
     sandbox = record["sandbox_id"]
@@ -83,10 +91,7 @@ def test_the_box_ends_itself_when_idle_even_with_no_manager_running(nx):
     row = nx.store.get(sandbox)
     backend = nx.provider(row["provider"])
     backend.touch(sandbox, row["provider_state"], idle_timeout_seconds=1)
-    deadline = time.monotonic() + 15
-    while backend.inspect(sandbox, row["provider_state"]) != "stopped" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert backend.inspect(sandbox, row["provider_state"]) == "stopped"
+    assert ends_within(backend, sandbox, row["provider_state"], 15)
 
 
 def test_code_in_the_box_cannot_keep_it_from_ending_itself(nx):
@@ -109,10 +114,7 @@ def test_code_in_the_box_cannot_keep_it_from_ending_itself(nx):
     row = nx.store.get(sandbox)
     backend = nx.provider(row["provider"])
     backend.touch(sandbox, row["provider_state"], idle_timeout_seconds=1)
-    deadline = time.monotonic() + 15
-    while backend.inspect(sandbox, row["provider_state"]) != "stopped" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert backend.inspect(sandbox, row["provider_state"]) == "stopped"
+    assert ends_within(backend, sandbox, row["provider_state"], 15)
 
 
 def test_other_users_sandboxes_read_as_not_found(data_dir, provider):
