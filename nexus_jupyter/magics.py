@@ -47,6 +47,14 @@ class SandboxCellError(Exception):
         return [self.message] if self.message else []
 
 
+class SandboxInterrupted(KeyboardInterrupt):
+    """The kernel was interrupted during a %%sandbox cell: the sandboxed run was cancelled
+    (the connection to the box closed).  One line, not the host's call stack."""
+
+    def _render_traceback_(self) -> list[str]:
+        return ["KeyboardInterrupt: the sandboxed code was stopped"]
+
+
 class MimeBundle:
     """A cell's value as the sandbox's kernel rendered it, displayed as the cell's output."""
 
@@ -237,10 +245,13 @@ class SandboxMagics(Magics):
             if args.out:
                 self.shell.user_ns[args.out] = exc.result
             raise SandboxCellError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise SandboxInterrupted() from None
         if args.out:
             self.shell.user_ns[args.out] = result
         if result["error"] is not None:
-            raise SandboxCellError("")  # the traceback already streamed as stderr
+            # The traceback already streamed as stderr: the cell ends with its last line.
+            raise SandboxCellError(f"{result['error']['name']}: {result['error']['value']}")
         if result["exit_code"] != 0:
             raise SandboxCellError(f"{language} exited with code {result['exit_code']}")
         if main_result:
