@@ -326,6 +326,9 @@ class SandboxManager:
     def _unreachable(self, row: dict, backend: Provider, exc: AgentUnreachable) -> SandboxStateError:
         """The error for a box whose agent did not answer; if its provider no longer has
         the box, the row says so.  A box that is there but unresponsive stays as it is."""
+        current = self.store.get(row["sandbox_id"])
+        if current is not None and current["status"] not in LIVE_STATUSES:
+            return SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: it was stopped while the code ran")
         try:
             gone = backend.inspect(row["sandbox_id"], row["provider_state"]) == "stopped"
         except SandboxError:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from nexus_jupyter import SandboxManager, SandboxTimeout
+from nexus_jupyter import SandboxError, SandboxManager, SandboxTimeout
 
 
 def test_seed_quick_start(nx):
@@ -204,3 +204,22 @@ def test_a_wedged_kernel_is_restarted_with_a_clear_message(nx, sandbox):
     assert "was restarted: its state was lost" in caught.value.result["stderr"]
     after = nx.sandbox_run(sandbox, "python", "print('lost' in globals())")
     assert after["stdout"] == "False\n"
+
+
+def test_stopping_a_sandbox_mid_run_ends_the_run_with_a_clear_error(nx, sandbox):
+    outcome = {}
+    printing = threading.Event()
+
+    def long_run():
+        try:
+            nx.sandbox_run(sandbox, "bash", "echo started; sleep 30", timeout=60, on_stdout=lambda _: printing.set())
+        except Exception as exc:  # what the caller of the run gets
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=long_run)
+    runner.start()
+    assert printing.wait(30)
+    SandboxManager(nx.data_dir).sandbox_stop(sandbox)  # another process stops it
+    runner.join(30)
+    assert isinstance(outcome.get("error"), SandboxError), outcome
+    assert f"Sandbox {sandbox} is not running" in str(outcome["error"])

@@ -15,7 +15,7 @@ import time
 import pytest
 from jupyter_client.manager import KernelManager
 
-from conftest import PROVIDERS
+from conftest import PROVIDERS, host_processes_matching
 
 
 class Cell:
@@ -145,16 +145,33 @@ def test_a_timeout_says_so_and_keeps_the_state(notebook):
     assert run_cell(client, "%%sandbox\nprint(kept)").text() == "still here\n"
 
 
-def test_interrupting_the_kernel_interrupts_the_sandboxed_code(notebook):
+ANSWERS = {"python": "print('responsive')", "javascript": "console.log('responsive')", "bash": "echo responsive"}
+
+
+@pytest.mark.parametrize(
+    "language, endless",
+    [
+        ("python", "import subprocess\nsubprocess.run(['bash', '-c', 'exec -a MARKER sleep 60'])"),
+        ("javascript", "require('child_process').execSync(\"bash -c 'exec -a MARKER sleep 60'\")"),
+        ("bash", "bash -c 'exec -a MARKER sleep 60'"),
+    ],
+)
+def test_interrupting_the_kernel_stops_the_sandboxed_code(notebook, language, endless):
     client, manager, *_ = notebook
+    marker = f"nexus_interrupted_{time.time_ns()}"
     started = time.monotonic()
-    cell = run_cell(client, "%%sandbox --timeout 120\nimport time\ntime.sleep(60)", interrupt_after=3, manager=manager)
+    code = f"%%sandbox {language} --timeout 120\n{endless.replace('MARKER', marker)}"
+    cell = run_cell(client, code, interrupt_after=3, manager=manager)
     # one line, not the host's call stack
     assert cell.status == "error" and cell.error["traceback"] == ["KeyboardInterrupt: the sandboxed code was stopped"]
     assert time.monotonic() - started < 30
-    # what the user notices: the next cell does not wait for the interrupted one
+    # what the user notices: the code is gone, and the next cell does not wait
+    deadline = time.monotonic() + 5
+    while host_processes_matching(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert host_processes_matching(marker) == []
     started = time.monotonic()
-    assert run_cell(client, "%%sandbox\nprint('responsive')").text() == "responsive\n"
+    assert run_cell(client, f"%%sandbox {language}\n{ANSWERS[language]}").text() == "responsive\n"
     assert time.monotonic() - started < 5
 
 

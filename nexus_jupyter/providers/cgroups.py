@@ -26,8 +26,14 @@ def _write(path: Path, value: str) -> None:
 
 
 def _read(path: Path) -> str:
-    with open(path) as handle:
-        return handle.read()
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:
+            # The group is being removed (a stop in another process): as good as gone.
+            raise FileNotFoundError(errno.ENOENT, "cgroup removed", str(path)) from None
+        raise
 
 
 def _read_pids(path: Path) -> list[int]:
