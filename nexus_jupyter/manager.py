@@ -8,12 +8,10 @@ any sandbox.  Methods return the seed's dicts.
 
 from __future__ import annotations
 
-import errno
 import getpass
 import os
 import secrets
 import string
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from .agent_client import AgentUnreachable
+from .atomic_file import AtomicFile
 from .errors import (
     InvalidArgument,
     PermissionDenied,
@@ -534,14 +533,13 @@ class SandboxManager:
         self._touch(row)
         return row, self.provider(row["provider"])
 
-    @staticmethod
     @contextmanager
-    def _file_errors(row: dict, verb: str, path: str):
-        """One message shape for every file operation's failures."""
+    def _file_errors(self, row: dict, backend: Provider, verb: str, path: str):
+        """One message shape for every file operation's failures (an unreachable box as for runs)."""
         try:
             yield
         except AgentUnreachable as exc:
-            raise SandboxStateError(f"Sandbox {row['sandbox_id']} did not answer: {exc}") from None
+            raise self._unreachable(row, backend, exc) from None
         except SandboxError as exc:
             raise SandboxError(f"cannot {verb} {path}: {exc}") from None
 
@@ -551,7 +549,7 @@ class SandboxManager:
         if isinstance(content, str):
             content = content.encode("utf-8")
         row, backend = self._file_target(sandbox_id)
-        with self._file_errors(row, "write", path):
+        with self._file_errors(row, backend, "write", path):
             done = backend.write_file(row["sandbox_id"], row["provider_state"], path, content)
         return {"path": done["path"], "size": done["size"]}
 
@@ -570,7 +568,7 @@ class SandboxManager:
         path = check_path(path)
         limit = self.max_file_bytes()
         row, backend = self._file_target(sandbox_id)
-        with self._file_errors(row, "read", path):
+        with self._file_errors(row, backend, "read", path):
             yield from backend.read_file_chunks(row["sandbox_id"], row["provider_state"], path, limit)
 
     def sandbox_read_file(self, sandbox_id: str, path: str) -> bytes:
@@ -599,68 +597,5 @@ class SandboxManager:
         """Entries of a directory: name, path, type (file/dir/symlink), size, modified."""
         path = check_path(path)
         row, backend = self._file_target(sandbox_id)
-        with self._file_errors(row, "list", path):
+        with self._file_errors(row, backend, "list", path):
             return backend.list_files(row["sandbox_id"], row["provider_state"], path)["entries"]
-
-
-class AtomicFile:
-    """A file written in full or not at all: an unnamed file in the target's directory
-    (``O_TMPFILE``: a process killed mid-write leaves nothing), named only when complete,
-    then renamed over the target.  Where the filesystem has no ``O_TMPFILE``, a file
-    created exclusively under a random name, removed on failure."""
-
-    def __init__(self, target: Path):
-        self.target = target
-        self.directory = target.parent if str(target.parent) else Path(".")
-        self.fd = -1
-        self.temporary: str | None = None
-
-    def __enter__(self):
-        try:
-            self.fd = os.open(self.directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                raise
-            self.fd, self.temporary = tempfile.mkstemp(
-                dir=self.directory, prefix=f".{self.target.name}.", suffix=".partial"
-            )
-        return self
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-
-    def __exit__(self, kind, value, traceback) -> None:
-        try:
-            if kind is None:
-                os.fchmod(self.fd, 0o666 & ~_umask())
-                if self.temporary is None:
-                    self.temporary = str(self.directory / f".{self.target.name}.{secrets.token_hex(6)}.partial")
-                    # linkat(AT_SYMLINK_FOLLOW) names the open file; Python calls it only when given a dir fd.
-                    proc = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY)
-                    try:
-                        os.link(str(self.fd), self.temporary, src_dir_fd=proc, follow_symlinks=True)
-                    finally:
-                        os.close(proc)
-                os.replace(self.temporary, self.target)
-                self.temporary = None
-        finally:
-            os.close(self.fd)
-            if self.temporary is not None:
-                try:
-                    os.unlink(self.temporary)
-                except FileNotFoundError:
-                    pass
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it (os.umask would, for every thread)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022

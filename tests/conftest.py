@@ -121,3 +121,22 @@ def host_processes_matching(marker: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def process_status(pid: int) -> dict[str, str] | None:
+    """The fields of /proc/PID/status (Uid, State, NSpid...), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return {key: value.strip() for key, _, value in (line.partition(":") for line in status)}
+    except OSError:
+        return None
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    """Host pids of live (not zombie) processes whose real uid is ``uid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        fields = process_status(int(entry)) if entry.isdigit() else None
+        if fields and not fields["State"].startswith("Z") and int(fields["Uid"].split()[0]) == uid:
+            found.append(int(entry))
+    return found

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import host_processes_matching
+from conftest import host_processes_matching, process_status
 from nexus_jupyter import SandboxError, SandboxManager, SandboxStateError, SandboxTimeout
 from nexus_jupyter.agent_client import AgentImpostor, AgentUnresponsive
 from nexus_jupyter.providers.base import BOX_UID_BASE, BOX_UID_SPAN
@@ -94,21 +94,10 @@ def box_host_pids(nx, sandbox) -> list[int]:
             pass
     inside = []
     for pid in found:
-        try:
-            with open(f"/proc/{pid}/status") as status:
-                if len(dict(line.split(":", 1) for line in status)["NSpid"].split()) > 1:
-                    inside.append(pid)
-        except (OSError, KeyError):
-            pass
+        fields = process_status(pid)
+        if fields and len(fields["NSpid"].split()) > 1:
+            inside.append(pid)
     return inside
-
-
-def host_uid_of(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    raise AssertionError(pid)
 
 
 # ---- the host never trusts what a box writes
@@ -312,7 +301,7 @@ def test_box_processes_and_files_are_never_host_root(nx, sandbox):
     in_background(nx, sandbox, "import time\nprint('up', flush=True)\ntime.sleep(30)")
     pids = box_host_pids(nx, sandbox)
     assert len(pids) >= 3  # the agent, the kernel driver, the run
-    uids = {host_uid_of(pid) for pid in pids}
+    uids = {int(process_status(pid)["Uid"].split()[0]) for pid in pids}
     [uid] = uids
     assert uid != 0 and (os.geteuid() != 0 or BOX_UID_BASE <= uid < BOX_UID_BASE + BOX_UID_SPAN), uids
     assert nx.store.get(sandbox)["provider_state"]["host_uid"] == uid

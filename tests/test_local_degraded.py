@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import host_processes_matching
+from conftest import host_processes_matching, processes_of_uid
 from nexus_jupyter import ProviderUnavailable, SandboxManager, SandboxTimeout
 
 
@@ -93,20 +93,6 @@ def test_without_cgroups_stop_kills_every_process(degraded):
     time.sleep(0.2)
     assert processes_of_uid(uid) == []
     assert not box_dir.exists()
-
-
-def processes_of_uid(uid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/status") as status:
-                fields = dict(line.split(":", 1) for line in status)
-        except (OSError, ValueError):
-            continue
-        alive = not fields["State"].strip().startswith("Z")  # a zombie is dead, waiting to be reaped
-        if alive and int(fields["Uid"].split()[0]) == uid:
-            found.append(int(entry))
-    return found
 
 
 def test_without_bubblewrap_the_local_provider_refuses_with_install_advice(nexus, tmp_path, data_dir):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import json
 import os
 import shutil
 import subprocess
@@ -51,25 +52,24 @@ def require_tools() -> None:
 def host_networks() -> list[str]:
     """The host's own IPv4 addresses (as /32) and the networks it is attached to, as CIDRs."""
     found: set[str] = set()
-    for args in (["-o", "-4", "addr", "show"], ["-4", "route", "show", "scope", "link"]):
-        try:
-            out = subprocess.run(["ip", *args], capture_output=True, text=True, check=False).stdout
-        except OSError:
-            continue
-        for line in out.splitlines():
-            words = line.split()
-            if args[1] == "-4" and "inet" in words:  # "2: eth0    inet 192.0.2.2/24 brd ..."
-                address = ipaddress.ip_interface(words[words.index("inet") + 1])
-                if not address.ip.is_loopback:
-                    found |= {f"{address.ip}/32", str(address.network)}
-            elif words and args[1] == "route":  # "172.17.0.0/16 dev docker0 proto kernel scope link ..."
-                try:
-                    network = ipaddress.ip_network(words[0], strict=False)
-                except ValueError:
-                    continue
-                if not network.is_loopback:
-                    found.add(str(network))
+    for interface in _ip_json("addr", "show"):
+        for address in interface.get("addr_info", []):
+            network = ipaddress.ip_interface(f"{address['local']}/{address['prefixlen']}")
+            if not network.ip.is_loopback:
+                found |= {f"{network.ip}/32", str(network.network)}
+    for route in _ip_json("route", "show", "scope", "link"):
+        network = ipaddress.ip_network(route["dst"], strict=False)
+        if not network.is_loopback:
+            found.add(str(network))
     return sorted(found)
+
+
+def _ip_json(*args: str) -> list[dict]:
+    try:
+        out = subprocess.run(["ip", "-j", "-4", *args], capture_output=True, text=True, check=False).stdout
+        return json.loads(out or "[]")
+    except (OSError, ValueError):
+        return []
 
 
 def refusal_routes() -> list[str]:
