@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import SandboxError
+from .errors import InvalidArgument, SandboxError
 
 FILE_CHUNK = 256 * 1024
 OutputCallback = Callable[[str], None]
@@ -52,10 +52,16 @@ PEERCRED = struct.Struct("3i")
 
 def file_transfer_seconds() -> float:
     """The bound on one whole file transfer: ``NEXUS_FILE_TIMEOUT`` seconds (default 300)."""
-    try:
-        return max(float(os.environ.get("NEXUS_FILE_TIMEOUT", "") or 300), 0.1)
-    except ValueError:
+    raw = os.environ.get("NEXUS_FILE_TIMEOUT", "").strip()
+    if not raw:
         return 300.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise InvalidArgument(f"NEXUS_FILE_TIMEOUT must be a number of seconds above 0, got {raw!r}")
+    return seconds
 
 
 def new_agent_key() -> str:

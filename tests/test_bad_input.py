@@ -206,3 +206,21 @@ def test_names_made_in_a_box_cannot_drive_the_terminal(nexus):
     for args in (["list"], ["status", named]):
         shown = nexus("sandbox", *args).stdout
         assert "\x1b" not in shown and "tab\\x1b[31mred" in shown
+
+
+@pytest.mark.parametrize(
+    "variable, value, fragment",
+    [
+        ("NEXUS_MAX_FILE_MB", "lots", "NEXUS_MAX_FILE_MB must be a whole number"),
+        ("NEXUS_MAX_FILE_MB", "0", "NEXUS_MAX_FILE_MB must be a whole number from 1"),
+        ("NEXUS_FILE_TIMEOUT", "soon", "NEXUS_FILE_TIMEOUT must be a number of seconds above 0, got 'soon'"),
+        ("NEXUS_FILE_TIMEOUT", "-3", "NEXUS_FILE_TIMEOUT must be a number of seconds above 0"),
+    ],
+)
+def test_bad_file_settings_are_one_line_errors(nexus, tmp_path, variable, value, fragment):
+    sandbox = create(nexus)
+    assert nexus("sandbox", "run", sandbox, "-l", "bash", "-c", "echo x > f").returncode == 0
+    result = nexus("sandbox", "download", sandbox, "f", str(tmp_path / "f"), env={variable: value})
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "f").exists()
+    assert_store_intact(nexus, sandbox)

@@ -527,3 +527,11 @@ def test_a_stop_killed_midway_is_reported_and_finished_by_reap(nx, sandbox):
     assert backend.inspect(sandbox, nx.store.get(sandbox)["provider_state"]) == "stopped"
     [entry] = nx.sandbox_list(verify_status=True, include_stopped=True)["sandboxes"]
     assert (entry["verified"], entry["provider_status"]) == (True, "stopped")
+
+
+def test_stopping_again_finishes_a_stop_killed_midway(nx, sandbox):
+    backend = nx.provider(nx.store.get(sandbox)["provider"])
+    nx.store.update(sandbox, {"status": "stopped", "stopped_at": time.time(), "expires_at": None})
+    assert backend.inspect(sandbox, nx.store.get(sandbox)["provider_state"]) == "active"
+    assert nx.sandbox_stop(sandbox)["status"] == "stopped"
+    assert backend.inspect(sandbox, nx.store.get(sandbox)["provider_state"]) == "stopped"

@@ -46,3 +46,21 @@ def test_a_python_environment_under_tmp_runs_in_the_box(tmp_path_factory, data_d
     finally:
         SandboxManager(data_dir, is_admin=True).reap()
         shutil.rmtree(venv, ignore_errors=True)
+
+
+def test_without_slirp4netns_an_online_box_is_refused_with_install_advice(nexus, tmp_path, data_dir):
+    # A PATH with everything a box needs but the network helper.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sh", "env", "setsid", "bwrap", "node", "bash", "nsenter", "ip", "unshare", "setpriv", "mount"):
+        found = shutil.which(name)
+        if found:
+            (bin_dir / name).symlink_to(found)
+    result = nexus("sandbox", "create", "online", "--allow-internet", env={"PATH": str(bin_dir)})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: slirp4netns not found: install slirp4netns ('apt-get install slirp4netns') "
+        "to give local sandboxes internet access"
+    )
+    assert SandboxManager(data_dir).sandbox_list()["sandboxes"] == []
+    assert SandboxManager(data_dir).provider("local").box_ids() == set()  # nothing left behind

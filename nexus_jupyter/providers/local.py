@@ -148,6 +148,8 @@ class LocalProvider(Provider):
     # ---- lifecycle
     def create(self, spec: BoxSpec) -> dict:
         isolation = choose_isolation()
+        if spec.allow_internet:
+            network.require_tools()  # before anything is made
         as_root = os.geteuid() == 0
         # The host uid the box's processes and files have: one of its own, never
         # root's.  Not root, bubblewrap can only map the box to the caller's uid.
