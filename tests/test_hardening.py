@@ -62,9 +62,10 @@ print('ready', flush=True)
 """
 
 
-# Box code that takes the kernel driver's socket (before any driver exists) and reads one cell.
-TAKE_DRIVER_SOCKET = """
-import json, socket
+# Box code that puts its own server where the Python runtime's socket was, and reads one cell.
+TAKE_RUNTIME_SOCKET = """
+import json, os, socket
+os.unlink('/run/nexus/kernel.sock')
 server = socket.socket(socket.AF_UNIX)
 server.bind('/run/nexus/kernel.sock')
 server.listen(1)
@@ -245,11 +246,11 @@ while True:
     assert nx.sandbox_stop(sandbox)["status"] == "stopped"  # stop needs no agent
 
 
-def test_a_flood_through_a_fake_kernel_driver_is_capped_on_the_host(nx, sandbox):
-    # Code in the box takes the kernel driver's socket (the agent forwards what it sends)
+def test_a_flood_through_a_fake_python_runtime_is_capped_on_the_host(nx, sandbox):
+    # Code in the box takes the Python runtime's socket (the agent forwards what it sends)
     # and answers the next cell with 300 MB of output.
     flood = (
-        TAKE_DRIVER_SOCKET
+        TAKE_RUNTIME_SOCKET
         + """
 line = (json.dumps({"ev": "stdout", "data": "y" * (1 << 20)}) + "\\n").encode()
 try:
@@ -268,13 +269,13 @@ except OSError:
 
 
 def test_a_malformed_answer_is_one_clear_error(nx, sandbox):
-    fake_driver = (
-        TAKE_DRIVER_SOCKET
+    fake_runtime = (
+        TAKE_RUNTIME_SOCKET
         + """
 conn.sendall(b'{"ev": "exception", "ename": "X", "evalue": "y", "traceback": 7}\\n')
 """
     )
-    in_background(nx, sandbox, fake_driver)
+    in_background(nx, sandbox, fake_runtime)
     with pytest.raises(SandboxStateError, match="sent a malformed execute event"):
         nx.sandbox_run(sandbox, "python", "1", timeout=30)
 
@@ -300,7 +301,7 @@ def test_box_processes_and_files_are_never_host_root(nx, sandbox):
     nx.sandbox_run(sandbox, "python", "open('made-here.txt', 'w').write('x')")
     in_background(nx, sandbox, "import time\nprint('up', flush=True)\ntime.sleep(30)")
     pids = box_host_pids(nx, sandbox)
-    assert len(pids) >= 3  # the agent, the kernel driver, the run
+    assert len(pids) >= 3  # the agent, the Python runtime, the run
     uids = {int(process_status(pid)["Uid"].split()[0]) for pid in pids}
     [uid] = uids
     assert uid != 0 and (os.geteuid() != 0 or BOX_UID_BASE <= uid < BOX_UID_BASE + BOX_UID_SPAN), uids

@@ -168,6 +168,11 @@ class Connection:
             change["idle_timeout"] = float(request["idle_timeout"])
         if isinstance(request.get("env"), dict):
             change["env"] = {str(k): str(v) for k, v in request["env"].items()}
+            # The runtime started with the box (a warm-pool box: before it was claimed).
+            runtime = _try_connect(_runtime_socket(self.config))
+            if runtime is not None:
+                with runtime:
+                    runtime.sendall((json.dumps({"op": "environ", "env": change["env"]}) + "\n").encode())
         _write_all(self.control_fd, (json.dumps(change) + "\n").encode())
         self.send({"ev": "end"})
 
@@ -203,88 +208,50 @@ class Connection:
             except OSError:
                 pass
 
-    # ---- stateful Python: forwarded to the kernel driver, started on first use
+    # ---- stateful Python: forwarded to the runtime (python_runtime.py), started with the box
     def op_execute(self, request):
-        driver = self._kernel_driver_connection()
-        if driver is None:
-            self.send({"ev": "starting"})  # the host allows for the kernel's start, once
-            driver = self._kernel_driver()
-        # The driver's socket is in reach of the box's code: it gets no proof to replay.
+        runtime = self._runtime_connection()
+        # The runtime's socket is in reach of the box's code: it gets no proof to replay.
         forward = {key: value for key, value in request.items() if key not in ("nonce", "auth")}
         try:
-            driver.sendall((json.dumps(forward) + "\n").encode())
+            runtime.sendall((json.dumps(forward) + "\n").encode())
             selector = selectors.DefaultSelector()
-            selector.register(driver, selectors.EVENT_READ)
+            selector.register(runtime, selectors.EVENT_READ)
             selector.register(self.sock, selectors.EVENT_READ)
             while True:
                 for key, _ in selector.select():
-                    if key.fileobj is driver:
-                        data = driver.recv(READ_CHUNK)
+                    if key.fileobj is runtime:
+                        data = runtime.recv(READ_CHUNK)
                         if not data:
                             return
                         try:
                             self.sock.sendall(data)
                         except OSError:
-                            return  # the client went away: closing the driver's side cancels the cell
+                            return  # the client went away: closing the runtime's side cancels the cell
                     elif not self.sock.recv(1):
                         return
         finally:
-            driver.close()
+            runtime.close()
 
-    def _kernel_driver_connection(self):
-        return _try_connect(os.path.join(os.path.dirname(self.config.socket_path), "kernel.sock"))
-
-    def _kernel_driver(self):
-        """A connection to the kernel driver, starting it if it is not running."""
-        run_dir = os.path.dirname(self.config.socket_path)
-        path = os.path.join(run_dir, "kernel.sock")
-        import fcntl
-
-        with open(os.path.join(run_dir, "kernel.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one driver, however many first cells race
+    def _runtime_connection(self):
+        """A connection to the Python runtime; started again if box code ended it."""
+        path = _runtime_socket(self.config)
+        started = False
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
             connection = _try_connect(path)
             if connection is not None:
                 return connection
-            log_path = os.path.join(run_dir, "kernel.log")
-            pid = self._spawn_driver(path, log_path)
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                connection = _try_connect(path)
-                if connection is not None:
-                    return connection
-                if not _alive(pid):
-                    raise OSError(errno.ECHILD, "the Python kernel could not start: " + _last_line(log_path))
-                time.sleep(0.02)
-        raise OSError(errno.ETIMEDOUT, "the Python kernel did not start in time: " + _last_line(log_path))
+            if start_runtime(self.config):
+                if started:  # it ended before it listened
+                    raise OSError(errno.ECHILD, "the Python runtime could not start: " + self._runtime_log_line())
+                started = True
+                self.send({"ev": "starting"})  # the host allows for its start, once
+            time.sleep(0.01)
+        raise OSError(errno.ETIMEDOUT, "the Python runtime did not start in time: " + self._runtime_log_line())
 
-    def _spawn_driver(self, socket_path, log_path):
-        """Start the driver detached (it outlives this connection); returns its pid."""
-        driver = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel_driver.py")
-        argv = [self.config.interpreters["python"], driver, "--socket", socket_path, "--workdir", self.config.workdir]
-        pid_r, pid_w = os.pipe()
-        if os.fork() == 0:
-            try:
-                os.setsid()
-                grandchild = os.fork()
-                if grandchild:
-                    os.write(pid_w, str(grandchild).encode())
-                    os._exit(0)
-                log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-                os.dup2(log, 1)
-                os.dup2(log, 2)
-                os.chdir(self.config.workdir)
-                for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, signal.SIG_DFL)
-                _apply_kernel_limits(self.config.limits)
-                os.execvpe(OOM_FIRST[0], OOM_FIRST + argv, self.config.env)
-            finally:
-                os._exit(127)
-        os.close(pid_w)
-        pid = int(os.read(pid_r, 32) or b"0")
-        os.close(pid_r)
-        _reap()
-        return pid
+    def _runtime_log_line(self):
+        return _last_line(_runtime_log(self.config))
 
     # ---- files (relative paths are relative to the working directory)
     def _path(self, request):
@@ -541,6 +508,68 @@ class Run:
         return bool(data)
 
 
+def _runtime_socket(config):
+    return os.path.join(os.path.dirname(config.socket_path), "kernel.sock")
+
+
+def _runtime_log(config):
+    return os.path.join(os.path.dirname(config.socket_path), "python.log")
+
+
+def start_runtime(config):
+    """Start the stateful Python runtime unless one runs (or is starting); True if started.
+
+    Whoever holds ``kernel.lock`` is the runtime: its supervisor inherits the
+    locked file from here and keeps it for life, so of two starts (the box's
+    own at boot, an execute after box code killed it) only one runs."""
+    import fcntl
+
+    lock = os.open(os.path.join(os.path.dirname(config.socket_path), "kernel.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # it runs
+        python = config.interpreters["python"]
+        runtime = os.path.join(os.path.dirname(os.path.abspath(__file__)), "python_runtime.py")
+        argv = [
+            python,
+            "-I",
+            "-S",
+            runtime,
+            "--socket",
+            _runtime_socket(config),
+            "--workdir",
+            config.workdir,
+            "--python",
+            python,
+            "--lock-fd",
+            str(lock),
+        ]
+        child = os.fork()
+        if child == 0:
+            try:
+                os.setsid()
+                if os.fork():
+                    os._exit(0)
+                log = os.open(_runtime_log(config), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.set_inheritable(lock, True)
+                os.chdir(config.workdir)
+                for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                _apply_kernel_limits(config.limits)
+                os.execvpe(OOM_FIRST[0], OOM_FIRST + argv, config.env)
+            finally:
+                os._exit(127)
+        os.waitpid(child, 0)
+        return True
+    finally:
+        os.close(lock)
+
+
 def _apply_limits(limits, timeout):
     def setlimit(which, value):
         if value is not None:
@@ -715,6 +744,8 @@ def serve(config):
     listener.bind(config.socket_path)
     os.chmod(config.socket_path, 0o600)
     listener.listen(128)
+    if config.interpreters.get("python"):
+        start_runtime(config)  # in the background: a first Python run usually finds it ready
     control_r, control_w = os.pipe()
     os.set_blocking(control_r, False)
     selector = selectors.DefaultSelector()

@@ -30,7 +30,7 @@ BOX_CODE = "/opt/nexus"  # where the box-side code (nexus_jupyter/box) is mounte
 BOX_AGENT = f"{BOX_CODE}/agent.py"
 BOX_RUN = "/run/nexus"
 BOX_CODE_SOURCE = Path(__file__).resolve().parent.parent / "box"
-BOX_CODE_FILES = ("agent.py", "kernel_driver.py")
+BOX_CODE_FILES = ("agent.py", "python_runtime.py", "python_shell.py")
 # How long create waits for a new box's agent to answer.
 START_SECONDS = 30.0
 # Host uids for boxes: one per box, from a range no real user has (above the
