@@ -64,7 +64,9 @@ print('ready', flush=True)
 
 # Box code that puts its own server where the Python runtime's socket was, and reads one cell.
 TAKE_RUNTIME_SOCKET = """
-import json, os, socket
+import json, os, socket, time
+while not os.path.exists('/run/nexus/kernel.sock'):  # the runtime starts with the box
+    time.sleep(0.01)
 os.unlink('/run/nexus/kernel.sock')
 server = socket.socket(socket.AF_UNIX)
 server.bind('/run/nexus/kernel.sock')

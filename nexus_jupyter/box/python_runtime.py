@@ -65,7 +65,9 @@ class Shell:
                 signal.set_wakeup_fd(-1)
                 signal.pthread_sigmask(signal.SIG_SETMASK, [])
                 theirs.set_inheritable(True)
-                os.execv(python, [python, SHELL, "--control-fd", str(theirs.fileno())])
+                os.execvp(python, [python, SHELL, "--control-fd", str(theirs.fileno())])
+            except BaseException as exc:
+                os.write(2, ("cannot start %s: %s\n" % (python, exc)).encode())
             finally:
                 os._exit(127)
         theirs.close()
