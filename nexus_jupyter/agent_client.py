@@ -344,14 +344,22 @@ class AgentClient:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         on_result: ResultCallback | None = None,
+        filename: str | None = None,
+        execution_count: int | None = None,
     ) -> dict:
-        """Run a cell in the box's Python kernel (state persists between cells).
+        """Run a cell in the box's Python runtime (state persists between cells).
 
         Returns stdout, stderr, exit_code, execution_time, timed_out, restarted,
         ``results`` (display outputs and the cell's value as MIME bundles) and
         ``error`` (name, value, traceback; its text is also in stderr).
+        ``filename``: the code is that script's (``__file__``, tracebacks, no
+        value shown); ``execution_count``: the cell's number (a notebook's own).
         """
         request = {"op": "execute", "code": code, "timeout": timeout, "max_output_chars": max_output_chars}
+        if filename:
+            request["filename"] = filename
+        if execution_count is not None:
+            request["execution_count"] = execution_count
         return self._collect(request, timeout + RUN_GRACE_SECONDS, on_stdout, on_stderr, on_result)
 
     def _collect(self, request: dict, seconds: float, on_stdout, on_stderr, on_result) -> dict:

@@ -168,7 +168,7 @@ def run(sandbox_id, language, code, file, timeout, fresh, as_json):
     source = _read_code(code, file)
     nx = _manager()
     if as_json:
-        result = nx.sandbox_run(sandbox_id, language, source, timeout=timeout, fresh=fresh)
+        result = nx.sandbox_run(sandbox_id, language, source, timeout=timeout, fresh=fresh, filename=file)
         _print_json(result)
         return
     out = _stream_to(sys.stdout)
@@ -182,6 +182,7 @@ def run(sandbox_id, language, code, file, timeout, fresh, as_json):
         on_stdout=out,
         on_stderr=err,
         on_result=_print_result,
+        filename=file,
     )
     sys.exit(result["exit_code"] if 0 <= result["exit_code"] < 256 else 1)
 

@@ -240,6 +240,8 @@ class SandboxMagics(Magics):
                 on_stdout=_writer(sys.stdout),
                 on_stderr=_writer(sys.stderr),
                 on_result=show,
+                # Tracebacks say `Cell In[6]` where the notebook shows [6].
+                execution_count=getattr(self.shell, "execution_count", None),
             )
         except SandboxTimeout as exc:
             if args.out:

@@ -269,6 +269,8 @@ class SandboxManager:
         on_stderr: OutputCallback | None = None,
         on_result: ResultCallback | None = None,
         env: dict | None = None,
+        filename: str | None = None,
+        execution_count: int | None = None,
     ) -> dict:
         """Run code; returns stdout, stderr, exit_code, execution_time, results, error.
 
@@ -277,6 +279,10 @@ class SandboxManager:
         ``results`` (MIME bundles: display outputs and the value of the last
         expression) with ``error`` (name, value, traceback) for an exception.
         ``fresh=True`` (and JavaScript, Bash) run in a new process instead.
+        A stateful run is a script's: ``sys.exit(n)`` gives exit code n (the
+        state kept); with ``filename`` (the code is that file's) ``__file__``
+        is set, tracebacks name the file and no value is shown;
+        ``execution_count`` numbers the cell (``Cell In[n]``), as a notebook does.
         Output is passed to ``on_stdout``/``on_stderr``/``on_result`` as it is produced.
         Raises SandboxTimeout (with ``.result``) when the run exceeds ``timeout``;
         an interrupted Python cell keeps the kernel's state.
@@ -301,7 +307,15 @@ class SandboxManager:
         }
         try:
             if stateful:
-                outcome = backend.execute(row["sandbox_id"], row["provider_state"], code, seconds, **callbacks)
+                outcome = backend.execute(
+                    row["sandbox_id"],
+                    row["provider_state"],
+                    code,
+                    seconds,
+                    filename=filename,
+                    execution_count=execution_count,
+                    **callbacks,
+                )
             else:
                 outcome = backend.run(
                     row["sandbox_id"], row["provider_state"], language, code, seconds, env=env, **callbacks

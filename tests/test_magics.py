@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import subprocess
 import sys
 import time
@@ -134,6 +135,8 @@ def test_an_exception_fails_the_cell_with_the_sandbox_traceback(notebook):
     assert "return 1 / 0" in cell.text("stderr")
     # the cell's own error is that last line, not an empty "SandboxCellError: "
     assert cell.error["traceback"] == ["ZeroDivisionError: division by zero"]
+    # the traceback numbers the cell as the notebook does
+    assert re.search(rf"Cell In ?\[{cell.reply['execution_count']}\], line 3", cell.text("stderr"))
 
 
 def test_a_timeout_says_so_and_keeps_the_state(notebook):
@@ -151,6 +154,7 @@ ANSWERS = {"python": "print('responsive')", "javascript": "console.log('responsi
 @pytest.mark.parametrize(
     "language, endless",
     [
+        ("python", "import time  # MARKER\ntime.sleep(60)"),
         ("python", "import subprocess\nsubprocess.run(['bash', '-c', 'exec -a MARKER sleep 60'])"),
         ("javascript", "require('child_process').execSync(\"bash -c 'exec -a MARKER sleep 60'\")"),
         ("bash", "bash -c 'exec -a MARKER sleep 60'"),
@@ -170,9 +174,10 @@ def test_interrupting_the_kernel_stops_the_sandboxed_code(notebook, language, en
     while host_processes_matching(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert host_processes_matching(marker) == []
+    # the next cell runs at once (it used to wait for the interrupted code's 60 s)
     started = time.monotonic()
     assert run_cell(client, f"%%sandbox {language}\n{ANSWERS[language]}").text() == "responsive\n"
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 3
 
 
 def test_javascript_and_bash_cells(notebook):

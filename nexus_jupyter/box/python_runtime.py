@@ -1,7 +1,8 @@
 """Inside a box: the stateful Python runtime's supervisor.
 
-The agent starts this as soon as the box starts (``python -I -S
-python_runtime.py --socket .../kernel.sock``).  It starts the shell (an IPython
+The agent starts this as soon as the box starts (a fork of the agent that
+loads this file; ``python -I -S python_runtime.py --socket .../kernel.sock``
+runs it alone).  It starts the shell (an IPython
 ``InteractiveShell`` in its own process, ``python_shell.py``) and listens on
 ``kernel.sock`` for the agent's ``execute`` requests, which it runs one at a
 time:
@@ -35,7 +36,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from agent import LIBC, PR_SET_CHILD_SUBREAPER, _kill_tree, _last_line, _oom_kills
+from agent import LIBC, OOM_FIRST, PR_SET_CHILD_SUBREAPER, _kill_tree, _last_line, _oom_kills
 
 INTERRUPT_GRACE = 3.0  # seconds an interrupted cell has to stop before the shell is started again
 TIMEOUT_EXIT_CODE = 124
@@ -46,7 +47,7 @@ SHELL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "python_shell.p
 class Shell:
     """The shell process and our end of its control socket."""
 
-    def __init__(self, python, workdir, log_fd):
+    def __init__(self, python, workdir, env, log_fd):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.control = ours
         self.buffer = b""
@@ -65,7 +66,8 @@ class Shell:
                 signal.set_wakeup_fd(-1)
                 signal.pthread_sigmask(signal.SIG_SETMASK, [])
                 theirs.set_inheritable(True)
-                os.execvp(python, [python, SHELL, "--control-fd", str(theirs.fileno())])
+                # The OOM killer takes the shell (where a cell's memory is) first.
+                os.execvpe(OOM_FIRST[0], [*OOM_FIRST, python, SHELL, "--control-fd", str(theirs.fileno())], env)
             except BaseException as exc:
                 os.write(2, ("cannot start %s: %s\n" % (python, exc)).encode())
             finally:
@@ -77,9 +79,7 @@ class Shell:
         if fd is None:
             self.control.sendall(data)
         else:
-            sent = self.control.sendmsg(
-                [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))]
-            )
+            sent = self.control.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
             self.control.sendall(data[sent:])  # a stream socket takes a long cell in parts
 
     def messages(self):
@@ -119,10 +119,13 @@ class Cell:
 
 
 class Supervisor:
-    def __init__(self, socket_path, python, workdir):
+    def __init__(self, socket_path, python, workdir, env, lock_fd=None):
         self.socket_path = socket_path
         self.python = python
         self.workdir = workdir
+        self.env = env
+        if lock_fd is not None:
+            os.set_inheritable(lock_fd, False)  # held for life (see the agent's start_runtime), not by the shell
         self.log_path = os.path.join(os.path.dirname(socket_path), "python.log")
         self.log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.selector = selectors.DefaultSelector()
@@ -135,7 +138,7 @@ class Supervisor:
 
     # ---- the shell's life
     def start_shell(self):
-        self.shell = Shell(self.python, self.workdir, self.log_fd)
+        self.shell = Shell(self.python, self.workdir, self.env, self.log_fd)
         # Read only when readable; a send (a cell's code, up to megabytes) goes to an idle
         # shell that reads it, and a shell that does not is as good as dead.
         self.shell.control.settimeout(30)
@@ -259,7 +262,9 @@ class Supervisor:
                 self._answer(conn, {"ev": "end"})
                 continue
             if op == "environ":
-                self.shell.send({"op": "environ", "env": request.get("env") or {}})
+                env = {str(key): str(value) for key, value in (request.get("env") or {}).items()}
+                self.env = dict(self.env, **env)  # a shell started again keeps it
+                self.shell.send({"op": "environ", "env": env})
                 self._answer(conn, {"ev": "end"})
                 continue
             cell = Cell(conn, request)
@@ -431,10 +436,10 @@ def main():
     args = {sys.argv[i]: sys.argv[i + 1] for i in range(1, len(sys.argv) - 1, 2)}
     # Python 3 leaves SIGPIPE ignored; the shell resets what it needs itself.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    if "--lock-fd" in args:
-        # Held for life (see the agent's start_runtime), never passed to the shell.
-        os.set_inheritable(int(args["--lock-fd"]), False)
-    Supervisor(args["--socket"], args.get("--python", sys.executable), args.get("--workdir", os.getcwd())).serve()
+    socket_path = args["--socket"]
+    Supervisor(
+        socket_path, args.get("--python", sys.executable), args.get("--workdir", os.getcwd()), os.environ
+    ).serve()
 
 
 if __name__ == "__main__":

@@ -371,6 +371,8 @@ class Server:
             script = os.path.join(os.getcwd(), os.path.basename(script))
             shell.user_ns["__file__"] = script
         shell.compile.script = script or None
+        # A script shows no value for its last line; a cell does.
+        shell.ast_node_interactivity = "none" if script else "last_expr"
         try:
             self.armed = True
             try:
