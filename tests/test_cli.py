@@ -274,3 +274,11 @@ def test_one_megabyte_of_code_from_a_file_and_from_stdin(nexus, tmp_path):
     (tmp_path / "big.py").write_text(code)
     assert nexus("sandbox", "run", sandbox, "-f", str(tmp_path / "big.py")).stdout == f"{1 << 20}\n"
     assert nexus("sandbox", "run", sandbox, "-c", "-", input=code).stdout == f"{1 << 20}\n"
+
+
+def test_a_script_file_exits_with_its_own_status(nexus, tmp_path):
+    sandbox = create(nexus)
+    script = tmp_path / "check.py"
+    script.write_text("import sys\nprint('checking', __file__)\nif __name__ == '__main__':\n    sys.exit(3)\n")
+    run = nexus("sandbox", "run", sandbox, "-f", str(script))
+    assert (run.returncode, run.stdout, run.stderr) == (3, "checking /home/user/check.py\n", "")

@@ -223,3 +223,70 @@ def test_stopping_a_sandbox_mid_run_ends_the_run_with_a_clear_error(nx, sandbox)
     runner.join(30)
     assert isinstance(outcome.get("error"), SandboxError), outcome
     assert f"Sandbox {sandbox} is not running" in str(outcome["error"])
+
+
+# ---- a stateful run behaves as `python script.py` would
+
+
+def test_sys_exit_gives_its_code_and_keeps_the_state(nx, sandbox):
+    nx.sandbox_run(sandbox, "python", "kept = 'yes'")
+    result = nx.sandbox_run(sandbox, "python", "import sys\nprint('before')\nsys.exit(3)\nprint('after')")
+    assert (result["exit_code"], result["stdout"], result["stderr"], result["error"]) == (3, "before\n", "", None)
+    assert nx.sandbox_run(sandbox, "python", "import sys; sys.exit(0)")["exit_code"] == 0
+    assert nx.sandbox_run(sandbox, "python", "raise SystemExit")["exit_code"] == 0
+    assert nx.sandbox_run(sandbox, "python", "exit(4)")["exit_code"] == 4
+    message = nx.sandbox_run(sandbox, "python", "import sys; sys.exit('bad input')")
+    assert (message["exit_code"], message["stderr"]) == (1, "bad input\n")  # Python's own rule, no IPython noise
+    assert nx.sandbox_run(sandbox, "python", "print(kept)")["stdout"] == "yes\n"
+
+
+def test_os_exit_gives_its_code_and_says_the_state_was_lost(nx, sandbox):
+    nx.sandbox_run(sandbox, "python", "lost = 1")
+    result = nx.sandbox_run(sandbox, "python", "import os\nprint('bye', flush=True)\nos._exit(5)")
+    assert (result["exit_code"], result["stdout"]) == (5, "bye\n")
+    assert "exited with code 5 and was restarted: its state was lost" in result["stderr"]
+    after = nx.sandbox_run(sandbox, "python", "print('lost' in globals())")
+    assert (after["stdout"], after["exit_code"]) == ("False\n", 0)
+
+
+def test_binary_output_stdin_and_subprocess_output_as_in_a_script(nx, sandbox):
+    code = (
+        "import os, sys\n"
+        "sys.stdout.buffer.write(b'\\xff raw bytes\\n')\n"
+        "sys.stdout.flush()\n"
+        "sys.stderr.buffer.write(b'to stderr\\n')\n"
+        "os.system('echo from a subprocess; echo its error >&2')\n"
+        "try:\n    input()\nexcept EOFError:\n    print('EOF')\n"
+    )
+    result = nx.sandbox_run(sandbox, "python", code)
+    assert result["stdout"] == "\ufffd raw bytes\nfrom a subprocess\nEOF\n"
+    assert result["stderr"] == "to stderr\nits error\n"
+    assert result["exit_code"] == 0
+
+
+def test_code_from_a_file_runs_as_that_script(nx, sandbox):
+    code = "print(__name__, __file__)\ndef f():\n    raise ValueError('from the script')\n'no value shown'\nf()\n"
+    result = nx.sandbox_run(sandbox, "python", code, filename="/somewhere/on/the/host/job.py")
+    assert result["stdout"] == "__main__ /home/user/job.py\n"
+    assert result["results"] == []
+    assert "job.py:5" in result["stderr"] and "/somewhere" not in result["stderr"]  # ~/job.py: the box home
+    assert result["error"]["value"] == "from the script" and result["exit_code"] == 1
+    # and a cell is a cell again after it
+    assert nx.sandbox_run(sandbox, "python", "6 * 7")["results"][0]["data"]["text/plain"] == "42"
+
+
+def test_tracebacks_name_no_host_or_runtime_paths(nx, sandbox):
+    assert nx.sandbox_run(sandbox, "python", "import sys; sys.exit(2)")["stderr"] == ""
+    result = nx.sandbox_run(sandbox, "python", "def f():\n    return undefined\nf()")
+    assert result["error"]["name"] == "NameError"
+    text = result["stderr"]
+    for leak in ("/opt/nexus", "python_shell", "interactiveshell", "site-packages", "UserWarning"):
+        assert leak not in text, text
+
+
+def test_a_first_run_finds_the_runtime_started_with_the_box(nx):
+    sandbox = nx.sandbox_create("prestarted")["sandbox_id"]
+    time.sleep(3)  # the box starts its Python runtime by itself
+    started = time.monotonic()
+    assert nx.sandbox_run(sandbox, "python", "print(2 + 2)")["stdout"] == "4\n"
+    assert time.monotonic() - started < 1.5  # no interpreter start left to wait for (~10 ms here)

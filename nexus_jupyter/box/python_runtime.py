@@ -54,6 +54,10 @@ class Shell:
         self.ready = False
         self.open = True  # its control socket: closed once it said goodbye or died
         self.end_expected = False  # killed by us for a restart: no note
+        # The pipes behind the shell's fds 1 and 2.  It reads them itself; we keep
+        # their read ends too, for what is left in them when it dies (os._exit).
+        pipes = {"stdout": os.pipe(), "stderr": os.pipe()}
+        self.outputs = {name: read_end for name, (read_end, _) in pipes.items()}
         self.pid = os.fork()
         if self.pid == 0:
             try:
@@ -65,14 +69,40 @@ class Shell:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 signal.set_wakeup_fd(-1)
                 signal.pthread_sigmask(signal.SIG_SETMASK, [])
-                theirs.set_inheritable(True)
+                argv = [python, SHELL, "--control-fd", str(theirs.fileno())]
+                for fd in [theirs.fileno(), *(fd for pair in pipes.values() for fd in pair)]:
+                    os.set_inheritable(fd, True)
+                for name, (read_end, write_end) in pipes.items():
+                    argv += ["--" + name, "%d,%d" % (read_end, write_end)]
                 # The OOM killer takes the shell (where a cell's memory is) first.
-                os.execvpe(OOM_FIRST[0], [*OOM_FIRST, python, SHELL, "--control-fd", str(theirs.fileno())], env)
+                os.execvpe(OOM_FIRST[0], OOM_FIRST + argv, env)
             except BaseException as exc:
                 os.write(2, ("cannot start %s: %s\n" % (python, exc)).encode())
             finally:
                 os._exit(127)
         theirs.close()
+        for read_end, write_end in pipes.values():
+            os.close(write_end)
+            os.set_blocking(read_end, False)
+
+    def leftover_output(self):
+        """What the shell's output pipes still hold (it died before it read them); closes them."""
+        left = {}
+        for name, fd in self.outputs.items():
+            data = b""
+            try:
+                while len(data) < (1 << 20):
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            except BlockingIOError:
+                pass
+            os.close(fd)
+            if data:
+                left[name] = data.decode("utf-8", "replace")
+        self.outputs = {}
+        return left
 
     def send(self, message, fd=None):
         data = (json.dumps(message) + "\n").encode()
@@ -148,6 +178,7 @@ class Supervisor:
         """The shell process is gone (its status from waitpid)."""
         shell, self.shell = self.shell, None
         self._close_control(shell)
+        leftover = shell.leftover_output()
         if not shell.ready and not shell.end_expected:
             self.failed = "the Python runtime could not start: " + _last_line(self.log_path)
             for conn, _ in self.waiting:
@@ -164,6 +195,8 @@ class Supervisor:
         if shell.end_expected or (cell is not None and cell.killed):
             pass  # we killed it: whoever waits was told why
         elif cell is not None:
+            for name, text in leftover.items():
+                cell.send({"ev": name, "data": text})
             out_of_memory = _oom_kills() > cell.oom_kills_before
             if out_of_memory:
                 how = "was killed: the sandbox ran out of memory"

@@ -56,10 +56,11 @@ class Channel:
         self.dropped = {}
         self.decoders = {}
 
-    def capture(self):
-        """From now on fds 1 and 2 are pipes read here (until now: the runtime's log)."""
+    def capture(self, pipes):
+        """From now on fds 1 and 2 are the supervisor's pipes, read here (until now: the runtime's log)."""
         for name, fd in (("stdout", 1), ("stderr", 2)):
-            read_end, write_end = os.pipe()
+            read_end, write_end = pipes[name]
+            os.set_inheritable(read_end, False)
             os.dup2(write_end, fd)
             os.close(write_end)
             os.set_blocking(read_end, False)
@@ -245,10 +246,11 @@ def make_shell(channel):
                 return self.script
             return super().get_code_name(raw_code, transformed_code, number)
 
-        def format_code_name(self, name):
+        def cache(self, *args, **kwargs):
+            name = super().cache(*args, **kwargs)
             if name == self.script:
-                return None
-            return super().format_code_name(name)
+                self._filename_map.pop(name, None)  # not a numbered cell: a file
+            return name
 
     class SandboxShell(InteractiveShell):
         display_pub_class = Publisher
@@ -311,13 +313,13 @@ def _text(value):
 
 
 class Server:
-    def __init__(self, control):
+    def __init__(self, control, pipes):
         self.control = control
         self.received = b""
         self.fds = []  # passed with execute messages, in their order
         self.channel = Channel()
         self.shell = make_shell(self.channel)  # a failed start still writes to the log
-        self.channel.capture()
+        self.channel.capture(pipes)
         self.armed = False
         signal.signal(signal.SIGINT, self._on_interrupt)
 
@@ -409,7 +411,8 @@ def main():
     if importlib.util.find_spec("matplotlib_inline") is not None:
         # Figures come back as images, whatever the box's environment says (as ipykernel does).
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    Server(control).serve()
+    pipes = {name: tuple(int(fd) for fd in args["--" + name].split(",")) for name in ("stdout", "stderr")}
+    Server(control, pipes).serve()
 
 
 if __name__ == "__main__":
