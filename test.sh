@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ./setup.sh --no-demo
 scripts/ensure-docker.sh
+scripts/ensure-browser.sh
 PYTHON=${PYTHON:-python3}
 export NEXUS_TEST_PROVIDERS=${NEXUS_TEST_PROVIDERS:-local,docker}
 exec "$PYTHON" -m pytest -q -p no:cacheprovider "$@"

@@ -41,6 +41,11 @@ def test_pause_resume_and_stop_buttons_change_the_sandbox(panel, nx):
     panel.buttons[("resume", sandbox)].click()
     assert backend.inspect(sandbox, state) == "active"
     panel.buttons[("stop", sandbox)].click()
+    # Stop asks first: nothing happened yet
+    assert panel.confirm_bar.layout.display == "flex" and sandbox in panel.confirm_text.value
+    assert nx.sandbox_status(sandbox)["status"] == "active"
+    panel.confirm_button.click()
+    assert panel.confirm_bar.layout.display == "none"
     assert nx.sandbox_status(sandbox)["status"] == "stopped"
     assert backend.inspect(sandbox, state) == "stopped"
     assert sandbox not in cell_texts(panel)
@@ -76,3 +81,45 @@ def test_names_with_control_characters_are_shown_escaped(panel, nx):
     table = SandboxTable(nx.sandbox_list()["sandboxes"])
     assert "\x1b" not in repr(table) and "evil\\x1b[2J" in repr(table)
     assert "\x1b" not in table._repr_html_() and "evil\\x1b[2J&lt;b&gt;" in table._repr_html_()
+
+
+def test_cancel_keeps_the_sandbox(panel, nx):
+    sandbox = nx.sandbox_create("kept")["sandbox_id"]
+    panel.refresh()
+    panel.buttons[("stop", sandbox)].click()
+    panel.cancel_button.click()
+    assert panel.confirm_bar.layout.display == "none"
+    assert nx.sandbox_status(sandbox)["status"] == "active"
+
+
+def live_widgets() -> int:
+    from ipywidgets import Widget
+
+    return len(Widget.widgets)
+
+
+def test_refreshing_updates_rows_in_place_and_leaks_no_widgets(nx):
+    for name in ("a", "b", "c"):
+        nx.sandbox_create(name)
+    before = live_widgets()
+    panel = SandboxPanel(nx, refresh_seconds=0)
+    made = live_widgets() - before
+    table = panel.table.children
+    for _ in range(20):
+        panel.refresh()
+    assert live_widgets() - before == made  # a refresh every 5 s for an hour: still the same widgets
+    assert panel.table.children == table
+    # a sandbox stopped elsewhere: its row's widgets are closed, not left behind
+    gone = nx.sandbox_list()["sandboxes"][0]["sandbox_id"]
+    nx.sandbox_stop(gone)
+    panel.refresh()
+    assert live_widgets() - before < made and gone not in cell_texts(panel)
+    panel.close()
+    assert live_widgets() == before  # closing the panel closes all of it
+
+
+def test_buttons_are_as_wide_as_their_labels(panel, nx):
+    nx.sandbox_create("sized")
+    panel.refresh()
+    buttons = [*panel.buttons.values(), panel.refresh_button, panel.create_button, panel.confirm_button]
+    assert {button.layout.width for button in buttons} == {"auto"}

@@ -1,0 +1,133 @@
+"""The widget panel in a real browser: JupyterLab on loopback, driven by Chromium (Playwright).
+
+What a user does: show the panel in a notebook, leave it refreshing, reload
+the tab, stop a sandbox from it.  Needs /usr/bin/chromium and the
+``playwright`` package (test.sh installs both); skipped, saying why, without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nexus_jupyter import SandboxManager
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium (apt-get install chromium)"),
+    pytest.mark.skipif(shutil.which("jupyter-lab") is None, reason="needs JupyterLab (pip install jupyterlab)"),
+]
+
+PANEL_CELL = "import nexus_jupyter\npanel = nexus_jupyter.panel(refresh_seconds=1)\npanel"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab on loopback with a notebook that shows the panel; its sandboxes in a fresh data dir."""
+    root = tmp_path_factory.mktemp("lab")
+    data_dir = root / "data"
+    notebook = {
+        "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": PANEL_CELL}],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (root / "panel.ipynb").write_text(json.dumps(notebook))
+    port, token = free_port(), secrets.token_hex(16)
+    env = {**os.environ, "NEXUS_DATA_DIR": str(data_dir), "NEXUS_SANDBOX_PROVIDER": "local"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
+         "--ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--notebook-dir={root}",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}", token, data_dir
+    server.terminate()
+    server.wait(30)
+    nx = SandboxManager(data_dir)
+    for record in nx.sandbox_list()["sandboxes"]:
+        nx.sandbox_stop(record["sandbox_id"])
+
+
+@pytest.fixture
+def page(lab, request, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        opened = browser.new_page(viewport={"width": 1400, "height": 900})
+        yield opened
+        if os.environ.get("NEXUS_TEST_SCREENSHOTS"):
+            opened.screenshot(path=os.path.join(os.environ["NEXUS_TEST_SCREENSHOTS"], request.node.name + ".png"))
+        browser.close()
+
+
+def open_panel(page, lab) -> None:
+    url, token, _ = lab
+    page.goto(f"{url}/lab/tree/panel.ipynb?token={token}")
+    editor = page.locator(".jp-Cell .cm-content").first
+    editor.wait_for(timeout=120_000)
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)  # the kernel is connected
+    editor.click()
+    page.keyboard.press("Shift+Enter")
+
+
+def test_the_panel_renders_again_after_a_reload_and_stop_asks_first(page, lab):
+    _, _, data_dir = lab
+    nx = SandboxManager(data_dir)
+    kept = nx.sandbox_create("seen-in-the-browser")["sandbox_id"]
+    doomed = nx.sandbox_create("stopped-from-the-browser")["sandbox_id"]
+    open_panel(page, lab)
+    output = page.locator(".jp-OutputArea-output")
+    output.get_by_text(kept).wait_for(timeout=60_000)
+    time.sleep(4)  # a few refreshes (one a second)
+    buttons = output.locator("button.jupyter-button")
+    count = buttons.count()
+    # every button shows its whole label
+    for index in range(count):
+        assert buttons.nth(index).evaluate("b => b.scrollWidth <= b.clientWidth + 1"), buttons.nth(index).inner_text()
+    page.keyboard.press("Control+s")  # the notebook keeps the panel's output, as a user's would
+    page.wait_for_timeout(1500)
+    started = time.monotonic()
+    page.reload()
+    output.get_by_text(kept).wait_for(timeout=60_000)
+    assert time.monotonic() - started < 60
+    assert "model not found" not in page.content().lower()
+    assert output.get_by_text("Loading widget").count() == 0
+    assert buttons.count() == count  # refreshes updated the rows; they made no new ones
+    # Stop asks before it destroys anything
+    row_stop = output.locator(
+        f"xpath=//div[contains(@class, 'widget-html')][contains(., '{doomed}')]"
+        "/following-sibling::div[contains(@class, 'widget-hbox')][1]//button[contains(., 'Stop')]"
+    )
+    row_stop.click()
+    output.get_by_text("Its processes, files and state are destroyed").wait_for(timeout=10_000)
+    assert nx.sandbox_status(doomed)["status"] == "active"
+    output.get_by_role("button", name="Stop it").click()
+    deadline = time.monotonic() + 30
+    while nx.sandbox_status(doomed)["status"] != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert nx.sandbox_status(doomed)["status"] == "stopped"
+    assert nx.sandbox_status(kept)["status"] == "active"
+    row_stop.wait_for(state="detached", timeout=10_000)  # its row is gone from the panel
