@@ -31,6 +31,8 @@ extras="test"
 [ "$mode" = "--no-demo" ] || extras="test,lab"
 echo "==> pip install -e .[$extras]"
 "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v -i "running pip as the 'root' user" || true
+# Bytecode now, not at each call: an environment with PYTHONDONTWRITEBYTECODE would compile on every `nexus` call.
+"$PYTHON" -m compileall -q nexus_jupyter >/dev/null
 
 case "$mode" in
   --no-demo) ;;

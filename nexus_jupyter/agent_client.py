@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import InvalidArgument, SandboxError
+from .errors import AgentImpostor, AgentUnreachable, AgentUnresponsive, InvalidArgument, SandboxError
 
 FILE_CHUNK = 256 * 1024
 OutputCallback = Callable[[str], None]
@@ -71,18 +71,6 @@ def new_agent_key() -> str:
 
 def _mac(key: str, purpose: str, nonce: str) -> str:
     return hmac.new(key.encode(), f"nexus-{purpose}:{nonce}".encode(), hashlib.sha256).hexdigest()
-
-
-class AgentUnreachable(SandboxError):
-    """The box's agent does not answer (the box died or never started)."""
-
-
-class AgentUnresponsive(AgentUnreachable):
-    """The agent (or whatever holds its socket) did not finish answering in time."""
-
-
-class AgentImpostor(AgentUnreachable):
-    """What answered on the box's socket is not the box's agent."""
 
 
 class _Channel:

@@ -54,3 +54,15 @@ class ProviderNotSupported(SandboxError):
 
 class StoreError(SandboxError):
     """The state database cannot be used (newer schema, unreadable file)."""
+
+
+class AgentUnreachable(SandboxError):
+    """The box's agent does not answer (the box died or never started)."""
+
+
+class AgentUnresponsive(AgentUnreachable):
+    """The agent (or whatever holds its socket) did not finish answering in time."""
+
+
+class AgentImpostor(AgentUnreachable):
+    """What answered on the box's socket is not the box's agent."""

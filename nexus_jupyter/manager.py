@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import secrets
 import string
 import time
 from collections.abc import Callable, Iterator
@@ -18,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from .agent_client import AgentUnreachable
 from .atomic_file import AtomicFile
 from .errors import (
+    AgentUnreachable,
     InvalidArgument,
     PermissionDenied,
     ProviderNotSupported,
@@ -190,7 +189,7 @@ class SandboxManager:
                     f"so disk_mb may be at most memory_mb - {room} ({memory - room})"
                 )
         spec = BoxSpec(
-            sandbox_id="sb_" + "".join(secrets.choice(ID_ALPHABET) for _ in range(16)),
+            sandbox_id=_new_sandbox_id(),
             template_id=template_id,
             allow_internet=bool(allow_internet_access),
             memory_mb=memory,
@@ -613,3 +612,9 @@ class SandboxManager:
         row, backend = self._file_target(sandbox_id)
         with self._file_errors(row, backend, "list", path):
             return backend.list_files(row["sandbox_id"], row["provider_state"], path)["entries"]
+
+
+def _new_sandbox_id() -> str:
+    import secrets  # here, not at the top: hmac and hashlib cost every CLI call a few ms
+
+    return "sb_" + "".join(secrets.choice(ID_ALPHABET) for _ in range(16))

@@ -17,12 +17,13 @@ import os
 import pwd
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from ..agent_client import AgentClient, AgentUnreachable
-from ..errors import InvalidArgument, ProviderNotSupported, ProviderUnavailable
+if TYPE_CHECKING:  # the client (sockets, hmac) is loaded by the providers that use it, not by every CLI call
+    from ..agent_client import AgentClient
+
+from ..errors import AgentUnreachable, InvalidArgument, ProviderNotSupported, ProviderUnavailable
 
 OutputCallback = Callable[[str], None]
 OOM_NOTE = "[nexus: a process was killed: the sandbox ran out of memory]\n"
@@ -130,20 +131,36 @@ def agent_command(
     ]
 
 
-@dataclass
 class BoxSpec:
-    """What a provider needs to start one box."""
+    """What a provider needs to start one box.  (A plain class: ``dataclasses`` costs
+    every CLI call ~10 ms of imports.)"""
 
-    sandbox_id: str
-    template_id: str | None = None
-    allow_internet: bool = False
-    memory_mb: int = 1024
-    cpus: float = 1.0
-    max_processes: int = 256
-    disk_mb: int = 512
-    env: dict = field(default_factory=dict)
-    owner: str = ""
-    idle_timeout_seconds: float = 0.0
+    def __init__(
+        self,
+        sandbox_id: str,
+        template_id: str | None = None,
+        allow_internet: bool = False,
+        memory_mb: int = 1024,
+        cpus: float = 1.0,
+        max_processes: int = 256,
+        disk_mb: int = 512,
+        env: dict | None = None,
+        owner: str = "",
+        idle_timeout_seconds: float = 0.0,
+    ):
+        self.sandbox_id = sandbox_id
+        self.template_id = template_id
+        self.allow_internet = allow_internet
+        self.memory_mb = memory_mb
+        self.cpus = cpus
+        self.max_processes = max_processes
+        self.disk_mb = disk_mb
+        self.env = env if env is not None else {}
+        self.owner = owner
+        self.idle_timeout_seconds = idle_timeout_seconds
+
+    def __repr__(self) -> str:
+        return f"BoxSpec({self.__dict__!r})"
 
 
 class Provider(ABC):

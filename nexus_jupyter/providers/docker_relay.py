@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 
-from ..agent_client import AgentUnreachable
+from ..errors import AgentUnreachable
 
 FRAME_HEADER = struct.Struct(">BxxxL")
 CHUNK = 65536
