@@ -130,7 +130,7 @@ def test_output_streams_into_the_cell_as_it_is_produced(notebook):
 def test_an_exception_fails_the_cell_with_the_sandbox_traceback(notebook):
     client, *_ = notebook
     cell = run_cell(client, "%%sandbox\ndef f():\n    return 1 / 0\nf()")
-    assert cell.status == "error"  # "Run All" stops here
+    assert cell.status == "error", (cell.streams, cell.results, cell.reply)  # "Run All" stops here
     assert "ZeroDivisionError: division by zero" in cell.text("stderr")
     assert "return 1 / 0" in cell.text("stderr")
     # the cell's own error is that last line, not an empty "SandboxCellError: "
