@@ -785,12 +785,9 @@ def serve(config):
                 last_activity = now
         for key, _ in ready:
             if key.fileobj is listener:
-                try:
-                    conn, _ = listener.accept()
-                except OSError as exc:
-                    if exc.errno in (errno.EAGAIN, errno.EINTR, errno.ECONNABORTED):
-                        continue
-                    raise
+                conn = accept(listener)
+                if conn is None:
+                    continue
                 pid = os.fork()
                 if pid == 0:
                     try:
@@ -815,6 +812,16 @@ def serve(config):
         if config.idle_timeout > 0 and not serving and now - last_activity > config.idle_timeout:
             sys.stderr.write("agent: idle for %.0f s, ending the box\n" % config.idle_timeout)
             return
+
+
+def accept(listener):
+    """The next connection, or None when a client gave up before we took it."""
+    try:
+        return listener.accept()[0]
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EINTR, errno.ECONNABORTED):
+            return None
+        raise
 
 
 def _read_all(fd):

@@ -26,7 +26,6 @@ Stdlib only, like the agent: it runs with ``-I -S``.
 """
 
 import collections
-import errno
 import json
 import os
 import selectors
@@ -36,7 +35,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from agent import LIBC, OOM_FIRST, PR_SET_CHILD_SUBREAPER, _kill_tree, _last_line, _oom_kills
+from agent import LIBC, OOM_FIRST, PR_SET_CHILD_SUBREAPER, _kill_tree, _last_line, _oom_kills, accept
 
 INTERRUPT_GRACE = 3.0  # seconds an interrupted cell has to stop before the shell is started again
 TIMEOUT_EXIT_CODE = 124
@@ -234,23 +233,17 @@ class Supervisor:
 
     # ---- requests
     def accept(self, listener):
-        try:
-            conn, _ = listener.accept()
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EINTR, errno.ECONNABORTED):
-                return
-            raise
+        conn = accept(listener)
+        if conn is None:
+            return
         conn.setblocking(False)
         self.reading[conn] = b""
         self.selector.register(conn, selectors.EVENT_READ, "request")
 
     def read_request(self, conn):
-        try:
-            data = conn.recv(65536)
-        except BlockingIOError:
+        data = _receive(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data or len(self.reading[conn]) > MAX_REQUEST_LINE:
             self._drop(conn)
             return
@@ -338,12 +331,9 @@ class Supervisor:
 
     def client_said(self, conn):
         """The client wrote (nothing is expected) or hung up: a hang-up cancels the cell."""
-        try:
-            data = conn.recv(4096)
-        except BlockingIOError:
+        data = _receive(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data and self.cell is not None and self.cell.conn is conn and self.cell.interrupted_at is None:
             self.selector.unregister(conn)
             self.interrupt(self.cell, "cancelled")
@@ -463,6 +453,16 @@ class Supervisor:
                     self.client_said(key.fileobj)
             self.check_time()
             self.next_request()
+
+
+def _receive(conn):
+    """What a non-blocking socket holds: None if nothing yet, b"" at its end (or an error)."""
+    try:
+        return conn.recv(65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 def main():
