@@ -184,7 +184,8 @@ class Supervisor:
                 self._refuse(conn, self.failed)
             self.waiting.clear()
             if self.cell is not None:  # it was being started again for this cell
-                self._finish(self.cell, exit_code=1)
+                self.cell.send({"ev": "stderr", "data": self.failed + "\n"})
+                self._finish(self.cell, exit_code=self.cell.exit_code or 1)
             return
         if os.WIFSIGNALED(status):
             code, how = 128 + os.WTERMSIG(status), "was killed by signal %d" % os.WTERMSIG(status)
@@ -309,6 +310,7 @@ class Supervisor:
                 # Dying, or not reading: the next shell gets the cell.
                 self.waiting.appendleft((conn, request))
                 self.shell.ready = False
+                self.shell.end_expected = True
                 os.kill(self.shell.pid, signal.SIGKILL)
                 return
             self.cell = cell
