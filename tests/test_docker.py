@@ -272,6 +272,8 @@ def test_the_warm_pool_hands_out_started_containers_and_refills(warm_pool):
     assert container.name.endswith(sandbox)
     assert container.attrs["HostConfig"]["Memory"] == 2048 << 20  # updated on claim
     assert nx.sandbox_run(sandbox, "bash", "echo $GREETING")["stdout"] == "hello\n"
+    # the Python runtime started with the pool container, before the claim: it has the claim's env too
+    assert nx.sandbox_run(sandbox, "python", "import os; print(os.environ['GREETING'])")["stdout"] == "hello\n"
     wait_for_pool(backend, 2)  # refilled in the background
     # a pool container is not an orphan, and a claimed one is a sandbox like any other
     report = nx.reap()

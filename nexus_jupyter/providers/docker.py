@@ -185,7 +185,7 @@ class DockerProvider(Provider):
             relay = ["python3", "-I", "-S", BOX_AGENT, "--relay", f"{BOX_RUN}/agent.sock"]
             connect = lambda wait: connect_through_exec(self.client, container_id, relay)  # noqa: E731
             box_uid = None  # the relay's end of the socket is ours
-        elif self._remapped_uids():
+        elif state.get("remapped_uids", True) and self._remapped_uids():
             box_uid = None  # the engine maps container uids: the host sees others
         return AgentClient(
             self.box_dir(sandbox_id) / "run" / "agent.sock",
@@ -321,6 +321,8 @@ class DockerProvider(Provider):
         }
         if transport == "socket":
             state["agent_pid"] = int((box / "agent.pid").read_text())
+            # Known now, so a later run needs no call to the engine (nor its SDK: ~0.3 s a CLI call).
+            state["remapped_uids"] = self._remapped_uids()
         return state
 
     def _internet_network(self) -> str:
@@ -421,6 +423,7 @@ class DockerProvider(Provider):
             }
             if transport == "socket":
                 state["agent_pid"] = int((self.box_dir(spec.sandbox_id) / "agent.pid").read_text())
+                state["remapped_uids"] = self._remapped_uids()
             if (spec.memory_mb, spec.cpus, spec.max_processes) != (
                 POOL_SHAPE.memory_mb,
                 POOL_SHAPE.cpus,
