@@ -538,3 +538,22 @@ def test_stopping_again_finishes_a_stop_killed_midway(nx, sandbox):
     assert backend.inspect(sandbox, nx.store.get(sandbox)["provider_state"]) == "active"
     assert nx.sandbox_stop(sandbox)["status"] == "stopped"
     assert backend.inspect(sandbox, nx.store.get(sandbox)["provider_state"]) == "stopped"
+
+
+def test_clients_that_hang_up_on_the_python_runtime_do_not_end_it(nx, sandbox):
+    # Box code can reach the runtime's socket: requests it abandons, or makes no sense of,
+    # leave the runtime (and its state) as it was.
+    nx.sandbox_run(sandbox, "python", "kept = 'state'")
+    attack = (
+        "import socket\n"
+        "for line in [b'{\"op\": \"ping\"}', b'{\"op\": \"environ\", \"env\": {}}', b'{\"op\": 7}', b'nonsense', b'']:\n"
+        "    for _ in range(20):\n"
+        "        s = socket.socket(socket.AF_UNIX)\n"
+        "        s.connect('/run/nexus/kernel.sock')\n"
+        "        s.sendall(line + b'\\n')\n"
+        "        s.close()\n"
+        "print('done')\n"
+    )
+    assert nx.sandbox_run(sandbox, "python", attack, fresh=True)["stdout"] == "done\n"
+    result = nx.sandbox_run(sandbox, "python", "print(kept)")
+    assert (result["stdout"], result["stderr"]) == ("state\n", "")

@@ -170,7 +170,7 @@ class Connection:
         if isinstance(request.get("env"), dict):
             change["env"] = {str(k): str(v) for k, v in request["env"].items()}
             # The runtime started with the box (a warm-pool box: before it was claimed).
-            runtime = _try_connect(_runtime_socket(self.config))
+            runtime = _running_runtime(self.config)
             if runtime is not None:
                 with runtime:
                     runtime.sendall((json.dumps({"op": "environ", "env": change["env"]}) + "\n").encode())
@@ -517,6 +517,27 @@ def _runtime_log(config):
     return os.path.join(os.path.dirname(config.socket_path), "python.log")
 
 
+def _running_runtime(config):
+    """A connection to the Python runtime if one runs (waiting for it to listen if it is
+    starting), else None: one started later is a fork of a process that has the news."""
+    import fcntl
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        connection = _try_connect(_runtime_socket(config))
+        if connection is not None:
+            return connection
+        lock = os.open(os.path.join(os.path.dirname(config.socket_path), "kernel.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None  # nobody holds it: no runtime
+        except OSError:
+            time.sleep(0.01)  # it runs, and is about to listen
+        finally:
+            os.close(lock)
+    return None
+
+
 def start_runtime(config):
     """Start the stateful Python runtime unless one runs (or is starting); True if started.
 
@@ -563,8 +584,10 @@ def _become_runtime(config, lock):
     os.dup2(log, 2)
     os.close(log)
     os.chdir(config.workdir)
-    for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    # A client that hung up is an EPIPE to handle, never the end of the runtime.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     _apply_kernel_limits(config.limits)
     # The runtime's `from agent import ...` is this very module, not a second copy.
     sys.modules.setdefault("agent", sys.modules[__name__])
@@ -751,6 +774,7 @@ def serve(config):
     listener.bind(config.socket_path)
     os.chmod(config.socket_path, 0o600)
     listener.listen(128)
+    os.makedirs(config.code_dir, exist_ok=True)  # also where IPython and matplotlib keep their files
     if config.interpreters.get("python"):
         start_runtime(config)  # in the background: a first Python run usually finds it ready
     control_r, control_w = os.pipe()

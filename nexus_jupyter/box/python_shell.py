@@ -186,10 +186,7 @@ def _import_ipython():
     package = DeferredPackage("IPython")
     package.__spec__, package.__path__, package.__file__ = spec, spec.submodule_search_locations, spec.origin
     package.__loader__, package.__package__ = spec.loader, "IPython"
-    blocked = "jedi" not in sys.modules
     sys.modules["IPython"] = package
-    if blocked:
-        sys.modules["jedi"] = None  # IPython's completer then does without it
     try:
         from IPython.core.getipython import get_ipython
 
@@ -199,13 +196,29 @@ def _import_ipython():
         for name in [name for name in sys.modules if name == "IPython" or name.startswith("IPython.")]:
             del sys.modules[name]
         from IPython.core.interactiveshell import InteractiveShell
-    finally:
-        if blocked:
-            del sys.modules["jedi"]  # a cell's own `import jedi` works
     return InteractiveShell
 
 
+class _WithoutJedi:
+    """While the shell is made, jedi cannot be imported: IPython's completer (imported
+    when the shell starts) then does without it.  A cell's own ``import jedi`` works."""
+
+    def __enter__(self):
+        self.blocked = "jedi" not in sys.modules
+        if self.blocked:
+            sys.modules["jedi"] = None
+
+    def __exit__(self, *exc):
+        if self.blocked:
+            del sys.modules["jedi"]
+
+
 def make_shell(channel):
+    with _WithoutJedi():
+        return _make_shell(channel)
+
+
+def _make_shell(channel):
     InteractiveShell = _import_ipython()
     from IPython.core.compilerop import CachingCompiler
     from IPython.core.displayhook import DisplayHook
