@@ -52,7 +52,7 @@ class Shell:
         self.buffer = b""
         self.ready = False
         self.open = True  # its control socket: closed once it said goodbye or died
-        self.end_expected = False  # killed by us for a restart: no note
+        self.end_expected = False  # killed by us (it stopped reading): no note
         # The pipes behind the shell's fds 1 and 2.  It reads them itself; we keep
         # their read ends too, for what is left in them when it dies (os._exit).
         pipes = {"stdout": os.pipe(), "stderr": os.pipe()}
@@ -264,7 +264,7 @@ class Supervisor:
         if op == "ping":
             ready = self.shell is not None and self.shell.ready
             self._answer(conn, {"ev": "end", "kernel_pid": self.shell.pid if ready else None, "ready": ready})
-        elif op in ("execute", "restart", "environ"):
+        elif op in ("execute", "environ"):
             if self.shell is None:
                 self.failed = None
                 self.start_shell()  # asked again after a failed start: try again
@@ -279,15 +279,6 @@ class Supervisor:
         while self.cell is None and self.waiting and self.shell is not None and self.shell.ready:
             conn, request = self.waiting.popleft()
             op = request["op"]
-            if op == "restart":
-                os.kill(self.shell.pid, signal.SIGKILL)
-                self.shell.ready = False
-                self.shell.end_expected = True
-                self.waiting.appendleft((conn, {"op": "restarted"}))
-                return
-            if op == "restarted":
-                self._answer(conn, {"ev": "end"})
-                continue
             if op == "environ":
                 env = {str(key): str(value) for key, value in (request.get("env") or {}).items()}
                 self.env = dict(self.env, **env)  # a shell started again keeps it
@@ -469,12 +460,10 @@ def _receive(conn):
 
 def main():
     args = {sys.argv[i]: sys.argv[i + 1] for i in range(1, len(sys.argv) - 1, 2)}
-    # Python 3 leaves SIGPIPE ignored; the shell resets what it needs itself.
+    # Run alone (not forked by the agent): SIGPIPE is ignored, as Python leaves it.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    socket_path = args["--socket"]
-    Supervisor(
-        socket_path, args.get("--python", sys.executable), args.get("--workdir", os.getcwd()), os.environ
-    ).serve()
+    python, workdir = args.get("--python", sys.executable), args.get("--workdir", os.getcwd())
+    Supervisor(args["--socket"], python, workdir, dict(os.environ)).serve()
 
 
 if __name__ == "__main__":
