@@ -93,9 +93,10 @@ def test_cancel_keeps_the_sandbox(panel, nx):
 
 
 def live_widgets() -> int:
-    from ipywidgets import Widget
+    # ipywidgets' registry of live widget models: what the kernel holds and a browser would load
+    from ipywidgets.widgets.widget import _instances
 
-    return len(Widget.widgets)
+    return len(_instances)
 
 
 def test_refreshing_updates_rows_in_place_and_leaks_no_widgets(nx):
