@@ -546,7 +546,8 @@ def test_clients_that_hang_up_on_the_python_runtime_do_not_end_it(nx, sandbox):
     nx.sandbox_run(sandbox, "python", "kept = 'state'")
     attack = (
         "import socket\n"
-        "for line in [b'{\"op\": \"ping\"}', b'{\"op\": \"environ\", \"env\": {}}', b'{\"op\": 7}', b'nonsense', b'']:\n"
+        'lines = [b\'{"op": "ping"}\', b\'{"op": "environ", "env": {}}\', b\'{"op": 7}\', b\'nonsense\', b\'\']\n'
+        "for line in lines:\n"
         "    for _ in range(20):\n"
         "        s = socket.socket(socket.AF_UNIX)\n"
         "        s.connect('/run/nexus/kernel.sock')\n"
@@ -557,3 +558,26 @@ def test_clients_that_hang_up_on_the_python_runtime_do_not_end_it(nx, sandbox):
     assert nx.sandbox_run(sandbox, "python", attack, fresh=True)["stdout"] == "done\n"
     result = nx.sandbox_run(sandbox, "python", "print(kept)")
     assert (result["stdout"], result["stderr"]) == ("state\n", "")
+
+
+def test_box_code_that_kills_the_python_runtime_gets_a_new_one_and_is_told(nx, sandbox):
+    nx.sandbox_run(sandbox, "python", "lost = True")
+    # box code finds the shell by its command line and kills its parent, the supervisor
+    kill = (
+        "import os, signal\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    try:\n"
+        "        cmdline = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+        "        parent = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if b'python_shell.py' in cmdline:\n"
+        "        os.kill(parent, signal.SIGKILL)\n"
+        "        print('killed')\n"
+    )
+    killed = nx.sandbox_run(sandbox, "python", kill, fresh=True)["stdout"]
+    assert "killed" in killed, killed
+    result = nx.sandbox_run(sandbox, "python", "print('lost' in globals())")
+    assert result["stdout"] == "False\n" and result["exit_code"] == 0
+    assert "had ended and was restarted: its state was lost" in result["stderr"]
+    assert nx.sandbox_run(sandbox, "python", "print(1)")["stderr"] == ""  # said once

@@ -248,6 +248,14 @@ class Connection:
                     raise OSError(errno.ECHILD, "the Python runtime could not start: " + self._runtime_log_line())
                 started = True
                 self.send({"ev": "starting"})  # the host allows for its start, once
+                # The box started one with itself: if it is gone, something ended it (box code
+                # killing it), and what it held is lost.
+                self.send(
+                    {
+                        "ev": "stderr",
+                        "data": "[nexus: the Python runtime had ended and was restarted: its state was lost]\n",
+                    }
+                )
             time.sleep(0.01)
         raise OSError(errno.ETIMEDOUT, "the Python runtime did not start in time: " + self._runtime_log_line())
 
