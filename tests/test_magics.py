@@ -60,7 +60,11 @@ def run_cell(client, code: str, timeout: float = 120, interrupt_after: float | N
             cell.error = content
         elif kind == "status" and content["execution_state"] == "idle":
             break
+    # This cell's own reply: wait_for_ready, under load, may leave a second kernel_info
+    # reply on the shell channel, and taking it for this cell's would shift every reply by one.
     reply = client.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = client.get_shell_msg(timeout=30)
     cell.status = reply["content"]["status"]
     cell.reply = reply["content"]
     return cell
