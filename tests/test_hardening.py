@@ -581,3 +581,29 @@ def test_box_code_that_kills_the_python_runtime_gets_a_new_one_and_is_told(nx, s
     assert result["stdout"] == "False\n" and result["exit_code"] == 0
     assert "had ended and was restarted: its state was lost" in result["stderr"]
     assert nx.sandbox_run(sandbox, "python", "print(1)")["stderr"] == ""  # said once
+
+
+def test_a_box_whose_disk_is_full_still_runs_the_command_that_frees_it(nx):
+    sandbox = nx.sandbox_create("brim-full", memory_mb=512)["sandbox_id"]
+    # filled from the stateful runtime (no run's own script is freed after it), to the last page
+    fill = (
+        "n = 0\n"
+        "try:\n"
+        "    with open('big.bin', 'wb') as f:\n"
+        "        while True:\n"
+        "            f.write(b'0' * (1 << 20))\n"
+        "            f.flush()\n"
+        "except OSError:\n"
+        "    pass\n"
+        "try:\n"
+        "    while True:\n"
+        "        with open('/tmp/small%d' % n, 'wb') as f:\n"
+        "            f.write(b'x' * 4096)\n"
+        "        n += 1\n"
+        "except OSError as exc:\n"
+        "    print('full', exc.errno == 28)\n"
+    )
+    assert nx.sandbox_run(sandbox, "python", fill, timeout=120)["stdout"] == "full True\n"
+    freed = nx.sandbox_run(sandbox, "bash", "rm -f big.bin /tmp/small*; echo freed")
+    assert (freed["stdout"], freed["exit_code"]) == ("freed\n", 0)
+    assert nx.sandbox_run(sandbox, "python", "print('room again')", fresh=True)["stdout"] == "room again\n"

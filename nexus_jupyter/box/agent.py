@@ -189,10 +189,24 @@ class Connection:
             # stays available; it opens on the code's first line so line
             # numbers in stack traces stay right.
             code = "(async () => {" + code + "\n})();\n"
-        os.makedirs(self.config.code_dir, exist_ok=True)
         path = os.path.join(self.config.code_dir, "run-%d%s" % (os.getpid(), SUFFIXES[language]))
-        with open(path, "w", encoding="utf-8") as script:
-            script.write(code)
+        try:
+            os.makedirs(self.config.code_dir, exist_ok=True)
+            with open(path, "w", encoding="utf-8") as script:
+                script.write(code)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or language == "javascript":
+                raise
+            # The box's disk is full: the code goes in memory instead, so the box can
+            # still run the command that frees space.  (Node cannot run from a memfd.)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            memory = os.memfd_create("nexus-run", 0)
+            os.set_inheritable(memory, True)
+            _write_all(memory, code.encode("utf-8"))
+            path = "/proc/self/fd/%d" % memory
         env = dict(self.config.env)
         env.update(request.get("env") or {})
         try:
