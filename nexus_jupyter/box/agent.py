@@ -539,6 +539,11 @@ def _runtime_log(config):
     return os.path.join(os.path.dirname(config.socket_path), "python.log")
 
 
+def _open_runtime_lock(config):
+    """The file whose lock the runtime's supervisor holds for life (see start_runtime)."""
+    return os.open(os.path.join(os.path.dirname(config.socket_path), "kernel.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+
+
 def _running_runtime(config):
     """A connection to the Python runtime if one runs (waiting for it to listen if it is
     starting), else None: one started later is a fork of a process that has the news."""
@@ -549,7 +554,7 @@ def _running_runtime(config):
         connection = _try_connect(_runtime_socket(config))
         if connection is not None:
             return connection
-        lock = os.open(os.path.join(os.path.dirname(config.socket_path), "kernel.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        lock = _open_runtime_lock(config)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return None  # nobody holds it: no runtime
@@ -571,7 +576,7 @@ def start_runtime(config):
     box code killed it) only one runs."""
     import fcntl
 
-    lock = os.open(os.path.join(os.path.dirname(config.socket_path), "kernel.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock = _open_runtime_lock(config)
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
