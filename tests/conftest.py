@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from nexus_jupyter import SandboxManager
+from nexus_jupyter.providers.local import LocalProvider
 
 PROVIDERS = [name.strip() for name in os.environ.get("NEXUS_TEST_PROVIDERS", "local").split(",") if name.strip()]
 # The provider suites also run on the local provider's unshare fallback (root only).
@@ -22,6 +23,8 @@ def _unshare_available() -> bool:
     return os.geteuid() == 0 and all(shutil.which(tool) for tool in ("unshare", "setpriv", "mount", "pivot_root"))
 
 
+# The attacks also run on boxes handed out by the local warm pool.
+POOL_SUITES = {"test_isolation"}
 # Suites about one provider run once, with that provider.
 SINGLE_PROVIDER_SUITES = {"test_local": "local", "test_local_degraded": "local", "test_docker": "docker"}
 
@@ -34,6 +37,8 @@ def pytest_generate_tests(metafunc):
             variants = [SINGLE_PROVIDER_SUITES[module]]
         elif module in ISOLATION_SUITES and "local" in PROVIDERS and _unshare_available():
             variants.append("local+unshare")
+        if module in POOL_SUITES and "local" in PROVIDERS:
+            variants.append("local+pool")
         metafunc.parametrize("provider", variants, indirect=True)
 
 
@@ -43,6 +48,9 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("NEXUS_DATA_DIR", str(path))
     for name in ("NEXUS_USER", "NEXUS_ADMIN", "NEXUS_SANDBOX_PROVIDER"):
         monkeypatch.delenv(name, raising=False)
+    # The local warm pool is on by default; the suites that are not about it run without
+    # (a pool box per test would double the boxes on a 2-core machine): test_local_pool.py.
+    monkeypatch.setenv("NEXUS_LOCAL_POOL_SIZE", "0")
     yield path
     # Whatever a test left running is destroyed, so no box outlives its test.
     if (path / "nexus.db").exists():
@@ -50,19 +58,27 @@ def data_dir(tmp_path, monkeypatch) -> Path:
         for row in cleanup.store.select(include_stopped=False):  # every user's
             cleanup.sandbox_stop(row["sandbox_id"])
         cleanup.reap()
+    if (path / "boxes" / "local").exists():
+        LocalProvider(path).pool.drain()  # after waiting for a refill under way
 
 
 @pytest.fixture
-def provider(request, monkeypatch) -> str:
-    """The provider's name; ``local+unshare`` is the local provider built with unshare instead of bwrap."""
-    name, _, isolation = request.param.partition("+")
-    monkeypatch.setenv("NEXUS_LOCAL_ISOLATION", isolation or "auto")
+def provider(request, monkeypatch, data_dir) -> str:
+    """The provider's name; ``local+unshare`` is the local provider built with unshare instead of
+    bwrap, ``local+pool`` the local provider whose creates take boxes from its warm pool."""
+    name, _, variant = request.param.partition("+")
+    monkeypatch.setenv("NEXUS_LOCAL_ISOLATION", "unshare" if variant == "unshare" else "auto")
+    if variant == "pool":
+        monkeypatch.setenv("NEXUS_LOCAL_POOL_SIZE", "1")
     return name
 
 
 @pytest.fixture
 def nx(data_dir, provider) -> SandboxManager:
-    return SandboxManager(data_dir, provider=provider)
+    manager = SandboxManager(data_dir, provider=provider)
+    if provider == "local" and os.environ["NEXUS_LOCAL_POOL_SIZE"] != "0":
+        manager.provider("local").pool.fill(1)  # the next create takes a warm box
+    return manager
 
 
 @pytest.fixture

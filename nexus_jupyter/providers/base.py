@@ -87,6 +87,16 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def pool_size_setting(variable: str, default: int) -> int:
+    """A warm pool's size from the environment: a whole number from 0 (off) to 64."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) > 64:
+        raise InvalidArgument(f"{variable} must be a whole number from 0 (no pool) to 64, not {raw!r}")
+    return int(raw)
+
+
 def box_environment(path: str, extra: dict | None = None) -> dict:
     """The environment every run starts with: nothing from the host's, plus the sandbox's own."""
     env = {

@@ -110,23 +110,34 @@ class Cgroups:
                     raise
 
     def _create(self, box_id: str, memory_bytes: int, max_processes: int, cpus: float) -> None:
+        if self.version == 2:
+            self._dir("", box_id).mkdir(exist_ok=True)
+        else:
+            for controller in V1_CONTROLLERS:
+                self._dir(controller, box_id).mkdir(exist_ok=True)
+        self.set_limits(box_id, memory_bytes, max_processes, cpus)
+
+    def set_limits(self, box_id: str, memory_bytes: int, max_processes: int, cpus: float) -> None:
+        """Bound the group's memory (no swap), processes and CPU time (also of a running box)."""
         quota = max(int(cpus * CPU_PERIOD_US), 1000)
         if self.version == 2:
             path = self._dir("", box_id)
-            path.mkdir(exist_ok=True)
             _write(path / "memory.max", str(memory_bytes))
             if (path / "memory.swap.max").exists():
                 _write(path / "memory.swap.max", "0")
             _write(path / "pids.max", str(max_processes))
             _write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
             return
-        for controller in V1_CONTROLLERS:
-            self._dir(controller, box_id).mkdir(exist_ok=True)
         memory = self._dir("memory", box_id)
-        _write(memory / "memory.limit_in_bytes", str(memory_bytes))
-        if (memory / "memory.memsw.limit_in_bytes").exists():
-            # Memory plus swap equal to memory: the box cannot swap its way past the limit.
-            _write(memory / "memory.memsw.limit_in_bytes", str(memory_bytes))
+        memsw = memory / "memory.memsw.limit_in_bytes"
+        # Memory plus swap equal to memory: the box cannot swap its way past the limit.  v1
+        # refuses a memory limit above memsw's and a memsw limit below memory's, so the
+        # order depends on the direction of the change.
+        current = int(_read(memory / "memory.limit_in_bytes"))
+        order = ["memory.limit_in_bytes", memsw.name]
+        for name in order if memory_bytes < current else reversed(order):
+            if (memory / name).exists():
+                _write(memory / name, str(memory_bytes))
         _write(self._dir("pids", box_id) / "pids.max", str(max_processes))
         cpu = self._dir("cpu", box_id)
         _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))

@@ -41,6 +41,7 @@ from .base import (
     agent_command,
     box_environment,
     box_host_uid,
+    pool_size_setting,
     private_dir,
 )
 from .docker_relay import connect_through_exec, send_config_through_attach
@@ -137,7 +138,7 @@ class DockerProvider(Provider):
         self._client = None
         # Containers kept started per template so create hands one out at once.
         # Off by default (a CLI process would not live to refill it); a server turns it on.
-        self.pool_size = int(os.environ.get("NEXUS_DOCKER_POOL_SIZE", "0") or 0)
+        self.pool_size = pool_size_setting("NEXUS_DOCKER_POOL_SIZE", default=0)
         self._pool_lock = threading.Lock()
         self._info: dict | None = None
         self._code_volume: str | None = None

@@ -37,11 +37,13 @@ from .base import (
     agent_command,
     box_environment,
     box_host_uid,
+    pool_size_setting,
     private_dir,
     process_start_time,
 )
 from .cgroups import Cgroups
 from .isolation import BOX_HOME, bwrap_command, choose_isolation, make_layout, unshare_command
+from .local_pool import POOL_PREFIX, POOL_RECORD, LocalPool
 
 BOX_UID = 1000  # the box's user inside bubblewrap's user namespace
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -97,6 +99,10 @@ class LocalProvider(Provider):
         self.root = self.data_dir / "boxes" / self.name
         self._cgroups: Cgroups | None = None
         self._cgroup_reason: str | None = None
+        # Boxes kept started, their Python runtime warm, so create hands one out at once
+        # (local_pool.py).  One by default: a pool box idles at ~45 MiB and ends itself.
+        self.pool_size = pool_size_setting("NEXUS_LOCAL_POOL_SIZE", default=1)
+        self.pool = LocalPool(self)
 
     # ---- machine capabilities
     @property
@@ -145,8 +151,23 @@ class LocalProvider(Provider):
             return ""
         return lines[-1] if lines else ""
 
+    @staticmethod
+    def box_env(extra: dict) -> dict:
+        """The environment of the box's runs: this Python's bin directory first on PATH."""
+        return box_environment(f"{Path(sys.executable).parent}:{SYSTEM_PATH}", extra)
+
     # ---- lifecycle
     def create(self, spec: BoxSpec) -> dict:
+        pooled = self.pool_size > 0 and self.pool.fits(spec)
+        try:
+            state = self.pool.claim(spec) if pooled else None
+            return state if state is not None else self.start_box(spec)
+        finally:
+            if pooled:
+                self.pool.refill_in_background(self.pool_size)
+
+    def start_box(self, spec: BoxSpec) -> dict:
+        """Start a new box named ``spec.sandbox_id`` (a sandbox id, or a pool slot)."""
         isolation = choose_isolation()
         if spec.allow_internet:
             network.require_tools()  # before anything is made
@@ -165,6 +186,7 @@ class LocalProvider(Provider):
             "host_uid": host_uid,
             "agent_key": new_agent_key(),
             "tmpfs": self._mount_box_fs(box / "fs", spec.disk_mb, host_uid),
+            "cgroup": spec.sandbox_id,
         }
         if as_root and not state["tmpfs"]:
             # Plain directories would put the box's files on this machine's disk, unbounded.
@@ -192,7 +214,7 @@ class LocalProvider(Provider):
             limits.update(nproc=spec.max_processes, address_space_bytes=spec.memory_mb << 20)
         config = {
             "interpreters": _interpreters(),
-            "env": box_environment(f"{Path(sys.executable).parent}:{SYSTEM_PATH}", spec.env),
+            "env": self.box_env(spec.env),
             "limits": limits,
             "key": state["agent_key"],
         }
@@ -338,11 +360,22 @@ class LocalProvider(Provider):
                     pass
             signalled |= members
 
+    def _group(self, sandbox_id: str, state: dict) -> str:
+        """The name of the box's cgroups: its sandbox id, or the pool slot it was started as
+        (the record a claimed box keeps in its directory, for callers holding no state)."""
+        name = state.get("cgroup")
+        if name:
+            return name
+        try:
+            return json.loads((self.box_dir(sandbox_id) / POOL_RECORD).read_text())["cgroup"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return sandbox_id
+
     def destroy(self, sandbox_id: str, state: dict) -> None:
-        cgroups = self.cgroups
-        if cgroups is not None and cgroups.exists(sandbox_id):
-            cgroups.kill(sandbox_id)
-            cgroups.remove(sandbox_id)
+        cgroups, group = self.cgroups, self._group(sandbox_id, state)
+        if cgroups is not None and cgroups.exists(group):
+            cgroups.kill(group)
+            cgroups.remove(group)
         else:
             self._signal_tree(sandbox_id, signal.SIGKILL)
         self._stop_network(sandbox_id)
@@ -366,23 +399,25 @@ class LocalProvider(Provider):
                 pass
 
     def pause(self, sandbox_id: str, state: dict) -> None:
-        if self.cgroups is not None and self.cgroups.exists(sandbox_id):
-            self.cgroups.freeze(sandbox_id)
+        cgroups, group = self.cgroups, self._group(sandbox_id, state)
+        if cgroups is not None and cgroups.exists(group):
+            cgroups.freeze(group)
         else:
             self._signal_tree(sandbox_id, signal.SIGSTOP)
 
     def resume(self, sandbox_id: str, state: dict) -> None:
-        if self.cgroups is not None and self.cgroups.exists(sandbox_id):
-            self.cgroups.thaw(sandbox_id)
+        cgroups, group = self.cgroups, self._group(sandbox_id, state)
+        if cgroups is not None and cgroups.exists(group):
+            cgroups.thaw(group)
         else:
             self._signal_tree(sandbox_id, signal.SIGCONT)
 
     def inspect(self, sandbox_id: str, state: dict) -> str:
-        cgroups = self.cgroups
-        if cgroups is not None and cgroups.exists(sandbox_id):
-            if not cgroups.pids(sandbox_id):
+        cgroups, group = self.cgroups, self._group(sandbox_id, state)
+        if cgroups is not None and cgroups.exists(group):
+            if not cgroups.pids(group):
                 return "stopped"
-            return "paused" if cgroups.is_frozen(sandbox_id) else "active"
+            return "paused" if cgroups.is_frozen(group) else "active"
         pid = self._box_pid(sandbox_id)
         if pid is None:
             return "stopped"
@@ -394,19 +429,25 @@ class LocalProvider(Provider):
         return "paused" if process_state == b"T" else "active"
 
     def box_ids(self) -> set[str]:
+        """Sandbox ids of this store's boxes (pool slots, and the cgroups a claimed box
+        kept from its slot, are the pool's: ``prune``)."""
         ids = set(self.cgroups.box_ids()) if self.cgroups is not None else set()
         try:
             ids |= {entry.name for entry in os.scandir(self.root) if entry.is_dir()}
         except FileNotFoundError:
             pass
-        return ids
+        return {box_id for box_id in ids if not box_id.startswith(POOL_PREFIX)}
+
+    def prune(self) -> list[str]:
+        return self.pool.prune()
 
     # ---- runs: say when the kernel's OOM killer ended one
     def _call_agent(self, sandbox_id: str, state: dict, method: str, *args, **kwargs) -> dict:
         # The box cannot see its cgroup: the host reads the OOM killer's count.
         cgroups = self.cgroups if state.get("cgroups") else None
-        oom_before = cgroups.oom_kills(sandbox_id) if cgroups is not None else 0
+        group = self._group(sandbox_id, state)
+        oom_before = cgroups.oom_kills(group) if cgroups is not None else 0
         result = super()._call_agent(sandbox_id, state, method, *args, **kwargs)
-        if cgroups is not None and cgroups.oom_kills(sandbox_id) > oom_before:
+        if cgroups is not None and cgroups.oom_kills(group) > oom_before:
             result["oom_killed"] = True
         return result

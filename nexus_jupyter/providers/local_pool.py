@@ -1,0 +1,254 @@
+"""The local provider's warm pool: boxes started ahead, their Python runtime already warm.
+
+A create that fits the pool's shape takes a box from it instead of starting
+one: the box's directory is renamed from its slot name to the sandbox id (the
+rename is the claim: of two processes, only one succeeds), its cgroup limits
+are set to what the create asked, and its agent gets the sandbox's environment
+and idle timeout.  A pool box has run no code before it is claimed, and it is
+never handed out twice: a stopped sandbox's box is destroyed, not returned.
+
+The refill runs in a detached process, so a CLI call returns at once and the
+pool is warm again by the next create.  An unclaimed box ends itself after
+POOL_IDLE_SECONDS without a claim; ``prune`` removes what it leaves.
+
+Pool boxes keep their slot's name for their cgroups (cgroup v2 cannot rename a
+group): the name is in the provider state and in the box's ``pool.json``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ProviderUnavailable, SandboxError
+from .base import BoxSpec, private_dir
+from .isolation import choose_isolation
+
+if TYPE_CHECKING:
+    from .local import LocalProvider
+
+POOL_PREFIX = "pool-"
+POOL_RECORD = "pool.json"  # in a slot's directory: its provider state, written once the box answers
+POOL_IDLE_SECONDS = 900
+POOL_SHAPE = BoxSpec(sandbox_id="", idle_timeout_seconds=POOL_IDLE_SECONDS)
+# A claimed box's memory limit must leave room for its idle runtime (~75 MiB resident).
+MIN_CLAIM_MEMORY_MB = 256
+DRAIN_WAIT_SECONDS = 60.0
+
+
+class LocalPool:
+    """The warm pool of one store's local boxes."""
+
+    def __init__(self, provider: LocalProvider):
+        self.provider = provider
+
+    @property
+    def lock_file(self) -> Path:
+        return self.provider.root / "pool.lock"
+
+    def fits(self, spec: BoxSpec) -> bool:
+        """Only a box the claim can reshape: limits through cgroups, no network, the pool's disk."""
+        return (
+            self.provider.cgroups is not None
+            and not spec.allow_internet
+            and spec.disk_mb == POOL_SHAPE.disk_mb
+            and spec.memory_mb >= MIN_CLAIM_MEMORY_MB
+        )
+
+    def slots(self) -> list[str]:
+        """Names of the pool's ready boxes (their record written), oldest first."""
+        ready = []
+        try:
+            entries = list(os.scandir(self.provider.root))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if entry.name.startswith(POOL_PREFIX):
+                try:
+                    ready.append((os.stat(Path(entry.path) / POOL_RECORD).st_mtime, entry.name))
+                except OSError:
+                    continue  # still being started
+        return [name for _, name in sorted(ready)]
+
+    # ---- claim
+    def claim(self, spec: BoxSpec) -> dict | None:
+        """Hand a pool box over to ``spec.sandbox_id``; None when the pool has none ready."""
+        provider = self.provider
+        isolation = choose_isolation()
+        for slot in self.slots():
+            try:
+                state = json.loads((provider.box_dir(slot) / POOL_RECORD).read_text())
+            except (OSError, ValueError):
+                continue
+            if state.get("isolation") != isolation:
+                continue  # started for another setting of NEXUS_LOCAL_ISOLATION
+            try:
+                os.rename(provider.box_dir(slot), provider.box_dir(spec.sandbox_id))
+            except OSError:
+                continue  # another process claimed it first
+            state.update(dir=str(provider.box_dir(spec.sandbox_id)), pool_slot=slot)
+            try:
+                if provider.inspect(spec.sandbox_id, state) != "active":
+                    raise ProviderUnavailable("the pool box has ended")
+                provider.cgroups.set_limits(state["cgroup"], spec.memory_mb << 20, spec.max_processes, spec.cpus)
+                provider.agent(spec.sandbox_id, state).touch(spec.idle_timeout_seconds, env=provider.box_env(spec.env))
+            except (SandboxError, OSError):
+                provider.destroy(spec.sandbox_id, state)
+                continue
+            return state
+        return None
+
+    # ---- fill
+    def refill_in_background(self, size: int) -> None:
+        """Start a detached process that fills the pool, unless one already runs.
+
+        The fill lock is taken here and handed to the child, so from the moment this
+        returns, ``drain`` (a test ending, a server stopping) waits for that fill.
+        """
+        lock = self._open_lock()
+        if not _try_lock(lock):
+            os.close(lock)
+            return  # a fill is under way
+        package_parent = str(Path(__file__).resolve().parent.parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+        try:
+            subprocess.Popen(
+                [sys.executable, "-m", __name__, str(self.provider.data_dir), str(size), str(lock)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(lock,),
+                start_new_session=True,
+                env=env,
+            )
+        except OSError:
+            pass  # the next create starts cold and tries again
+        finally:
+            os.close(lock)  # the child's copy keeps the lock
+
+    def fill(self, size: int, lock: int | None = None) -> int:
+        """Start pool boxes until ``size`` are ready; returns how many were started.
+
+        ``lock``: a descriptor of the fill lock already held (the detached refill's);
+        otherwise the lock is taken here, and nothing is done if another fill holds it.
+        """
+        if lock is None:
+            lock = self._open_lock()
+            if not _try_lock(lock):
+                os.close(lock)
+                return 0
+        try:
+            self._prune_locked()
+            started = 0
+            for _ in range(size):
+                if len(self.slots()) >= size:
+                    break
+                self._start_slot()
+                started += 1
+            return started
+        finally:
+            os.close(lock)
+
+    def _start_slot(self) -> None:
+        provider = self.provider
+        slot = POOL_PREFIX + secrets.token_hex(6)
+        spec = BoxSpec(sandbox_id=slot, idle_timeout_seconds=POOL_IDLE_SECONDS)
+        state: dict = {}
+        try:
+            state = provider.start_box(spec)
+            provider.check_started(slot, state)
+            record = provider.box_dir(slot) / (POOL_RECORD + ".new")
+            record.write_text(json.dumps(state))
+            record.rename(provider.box_dir(slot) / POOL_RECORD)  # now claimable
+        except BaseException:
+            provider.destroy(slot, state)
+            raise
+
+    # ---- cleanup
+    def prune(self) -> list[str]:
+        """Remove what ended pool boxes left (a box, a slot never finished, an empty group);
+        returns their names.  Skipped while a fill runs."""
+        lock = self._open_lock()
+        if not _try_lock(lock):
+            os.close(lock)
+            return []
+        try:
+            return self._prune_locked()
+        finally:
+            os.close(lock)
+
+    def _prune_locked(self) -> list[str]:
+        provider, cgroups = self.provider, self.provider.cgroups
+        pruned = []
+        ready = set(self.slots())
+        try:
+            names = {entry.name for entry in os.scandir(provider.root) if entry.name.startswith(POOL_PREFIX)}
+        except FileNotFoundError:
+            names = set()
+        for slot in sorted(names):
+            # With the lock held no fill is under way: a slot without its record is a failed one.
+            if slot not in ready or provider.inspect(slot, {"cgroup": slot}) == "stopped":
+                provider.destroy(slot, {"cgroup": slot})
+                pruned.append(slot)
+        if cgroups is not None:
+            # A claimed box keeps its slot's group: only an empty one is left over.
+            for group in sorted(cgroups.box_ids() - names):
+                if group.startswith(POOL_PREFIX) and not cgroups.pids(group):
+                    cgroups.remove(group)
+                    pruned.append(group)
+        return pruned
+
+    def drain(self) -> list[str]:
+        """Destroy every unclaimed pool box, after waiting for a fill under way; returns their names."""
+        lock = self._open_lock()
+        deadline = time.monotonic() + DRAIN_WAIT_SECONDS
+        while not _try_lock(lock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            drained = self.slots()
+            for slot in drained:
+                self.provider.destroy(slot, {"cgroup": slot})
+            return drained + self._prune_locked()
+        finally:
+            os.close(lock)
+
+    def _open_lock(self) -> int:
+        private_dir(self.provider.root)
+        return os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+
+
+def main(argv: list[str]) -> int:
+    """The detached refill: ``python -m nexus_jupyter.providers.local_pool DATA_DIR SIZE LOCK_FD``."""
+    from .local import LocalProvider
+
+    data_dir, size, lock = Path(argv[0]), int(argv[1]), int(argv[2])
+    provider = LocalProvider(data_dir)
+    try:
+        provider.pool.fill(size, lock=lock)
+    except Exception as exc:  # no one to tell but the log: the next create starts cold
+        (provider.root / "pool.log").write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')} fill failed: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
