@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import getpass
 import os
-import string
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from .atomic_file import AtomicFile
 from .errors import (
     AgentUnreachable,
     InvalidArgument,
@@ -54,7 +52,7 @@ DEFAULT_MAX_FILE_MB = 256  # the largest file read or downloaded from a box (NEX
 CREATE_GRACE_SECONDS = 120
 # The agent ends its box itself this long after the TTL, in case no reaper runs.
 AGENT_EXPIRY_GRACE_SECONDS = 60
-ID_ALPHABET = string.ascii_lowercase + string.digits
+ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 OutputCallback = Callable[[str], None]
 ResultCallback = Callable[[dict], None]
@@ -598,6 +596,8 @@ class SandboxManager:
         local = Path(local_path)
         size = 0
         try:
+            from .atomic_file import AtomicFile  # tempfile and secrets: only for downloads
+
             with AtomicFile(local) as target:
                 for chunk in self.sandbox_read_file_chunks(sandbox_id, path):
                     target.write(chunk)

@@ -67,10 +67,17 @@ def memory_limit(backend, group: str) -> int:
     return int((cgroups._dir("memory", group) / name).read_text())
 
 
+def cpu_weight(backend, group: str) -> int:
+    cgroups = backend.cgroups
+    name = "cpu.weight" if cgroups.version == 2 else "cpu.shares"
+    return int((cgroups._dir("cpu", group) / name).read_text())
+
+
 def test_a_create_takes_a_warm_box_and_the_pool_refills(pooled):
     nx, backend = pooled
     [slot] = backend.pool.slots()
     shell = shell_pid(backend, slot)  # the runtime started with the pool box, before any create
+    assert cpu_weight(backend, slot) <= 2  # a waiting pool box yields the CPU to sandboxes at work
     record = nx.sandbox_create("warm", ttl_minutes=7, memory_mb=2048, max_processes=64, env={"GREETING": "hello"})
     sandbox = record["sandbox_id"]
     state = nx.store.get(sandbox)["provider_state"]
@@ -79,6 +86,7 @@ def test_a_create_takes_a_warm_box_and_the_pool_refills(pooled):
     # reshaped to what the create asked
     assert memory_limit(backend, slot) == 2048 << 20
     assert (backend.cgroups._dir("pids", slot) / "pids.max").read_text().strip() == "64"
+    assert cpu_weight(backend, slot) in (100, 1024)  # a sandbox's own share again
     assert nx.sandbox_run(sandbox, "bash", "echo $GREETING")["stdout"] == "hello\n"
     # the warm runtime ran the first cell (no interpreter was started for it), with the claim's env
     result = nx.sandbox_run(sandbox, "python", "import os; print(2 + 2, os.environ['GREETING'])")

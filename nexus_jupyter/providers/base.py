@@ -11,7 +11,6 @@ in-box agent (``nexus_jupyter.agent``): that part lives here.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import pwd
@@ -57,6 +56,8 @@ def _subordinate_ranges() -> list[tuple[int, int]]:
 def box_host_uid(sandbox_id: str) -> int:
     """The unprivileged host uid (and gid) a box's processes and files have: derived from
     its id, skipping any uid a user or a subordinate-id range already has."""
+    import hashlib  # here: OpenSSL's module costs every CLI call ~5 ms to load
+
     taken = _subordinate_ranges()
     uid = BOX_UID_BASE + int(hashlib.sha256(sandbox_id.encode()).hexdigest()[:12], 16) % BOX_UID_SPAN
     for _ in range(1000):

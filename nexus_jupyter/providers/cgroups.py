@@ -99,11 +99,15 @@ class Cgroups:
         return [str(self._dir(c, box_id) / "cgroup.procs") for c in V1_CONTROLLERS]
 
     # ---- lifecycle
-    def create(self, box_id: str, memory_bytes: int, max_processes: int, cpus: float) -> None:
+    def create(self, box_id: str, memory_bytes: int, max_processes: int, cpus: float, background: bool = False) -> None:
+        """Make the box's groups.  ``background``: the lowest CPU weight (a warm-pool box
+        starting up yields the CPU to every sandbox at work); ``set_limits`` restores it."""
         for attempt in range(3):
             try:
                 self._prepare()  # another process may have just removed the empty parent
                 self._create(box_id, memory_bytes, max_processes, cpus)
+                if background:
+                    self._set_weight(box_id, background=True)
                 return
             except FileNotFoundError:
                 if attempt == 2:
@@ -127,6 +131,7 @@ class Cgroups:
                 _write(path / "memory.swap.max", "0")
             _write(path / "pids.max", str(max_processes))
             _write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            self._set_weight(box_id, background=False)
             return
         memory = self._dir("memory", box_id)
         memsw = memory / "memory.memsw.limit_in_bytes"
@@ -142,6 +147,13 @@ class Cgroups:
         cpu = self._dir("cpu", box_id)
         _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
         _write(cpu / "cpu.cfs_quota_us", str(quota))
+        self._set_weight(box_id, background=False)
+
+    def _set_weight(self, box_id: str, background: bool) -> None:
+        if self.version == 2:
+            _write(self._dir("", box_id) / "cpu.weight", "1" if background else "100")
+        else:
+            _write(self._dir("cpu", box_id) / "cpu.shares", "2" if background else "1024")
 
     def pids(self, box_id: str) -> list[int]:
         controller = "" if self.version == 2 else "pids"

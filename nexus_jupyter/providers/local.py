@@ -166,8 +166,9 @@ class LocalProvider(Provider):
             if pooled:
                 self.pool.refill_in_background(self.pool_size)
 
-    def start_box(self, spec: BoxSpec) -> dict:
-        """Start a new box named ``spec.sandbox_id`` (a sandbox id, or a pool slot)."""
+    def start_box(self, spec: BoxSpec, background: bool = False) -> dict:
+        """Start a new box named ``spec.sandbox_id`` (a sandbox id, or a pool slot started
+        in the ``background``: at the lowest CPU weight until it is claimed)."""
         isolation = choose_isolation()
         if spec.allow_internet:
             network.require_tools()  # before anything is made
@@ -201,7 +202,7 @@ class LocalProvider(Provider):
         join = []
         if cgroups is not None:
             try:
-                cgroups.create(spec.sandbox_id, spec.memory_mb << 20, spec.max_processes, spec.cpus)
+                cgroups.create(spec.sandbox_id, spec.memory_mb << 20, spec.max_processes, spec.cpus, background)
             except OSError as exc:
                 raise ProviderUnavailable(
                     f"cannot set up the sandbox's cgroup ({exc.strerror or exc}): fix the cgroup setup, or set "

@@ -164,7 +164,7 @@ class LocalPool:
         spec = BoxSpec(sandbox_id=slot, idle_timeout_seconds=POOL_IDLE_SECONDS)
         state: dict = {}
         try:
-            state = provider.start_box(spec)
+            state = provider.start_box(spec, background=True)
             provider.check_started(slot, state)
             record = provider.box_dir(slot) / (POOL_RECORD + ".new")
             record.write_text(json.dumps(state))
