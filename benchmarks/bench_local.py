@@ -2,10 +2,10 @@
 
     python benchmarks/bench_local.py [--repeat 20]
 
-Prints medians (milliseconds) for: create, first run of print(2+2), warm
-run, stop, and the ``nexus sandbox list`` CLI with 1,000 rows in the store;
-beside each, a baseline: a plain subprocess, a bare bubblewrap box, a bare
-Python start.  Not a test: nothing fails on a slow machine.
+Prints medians (milliseconds) for: create (no pool, and from the warm pool),
+first run of print(2+2), warm run, stop, and the ``nexus sandbox list`` CLI
+with 1,000 rows in the store; beside each, a baseline: a plain subprocess, a
+bare bubblewrap box, a bare Python start.  Not a test: nothing fails on a slow machine.
 """
 
 from __future__ import annotations
@@ -63,13 +63,27 @@ def main() -> None:
     n = args.repeat
 
     with tempfile.TemporaryDirectory(prefix="nexus-bench-") as tmp:
-        nx = SandboxManager(Path(tmp) / "data", provider="local")
+        nx = SandboxManager(Path(tmp) / "data", provider="local", warm_pool=0)
         creates, firsts, stops = [], [], []
         for _ in range(n):
             box: dict = {}
             creates.append(timed(lambda box=box: box.update(nx.sandbox_create("bench"))))
             firsts.append(timed(lambda box=box: nx.sandbox_run(box["sandbox_id"], "python", "print(2+2)", fresh=True)))
             stops.append(timed(lambda box=box: nx.sandbox_stop(box["sandbox_id"])))
+        # From the warm pool: creates a couple of seconds apart, so the refill has finished.
+        pooled = SandboxManager(Path(tmp) / "pool", provider="local", warm_pool=1)
+        pool = pooled.provider("local").pool
+        pool.fill(1)
+        pool_creates, pool_firsts, pool_stops = [], [], []
+        for _ in range(n):
+            while not pool.slots():
+                time.sleep(0.05)
+            time.sleep(1.0)  # the new box's runtime warms up
+            box = {}
+            pool_creates.append(timed(lambda box=box: box.update(pooled.sandbox_create("bench"))))
+            pool_firsts.append(timed(lambda box=box: pooled.sandbox_run(box["sandbox_id"], "python", "print(2+2)")))
+            pool_stops.append(timed(lambda box=box: pooled.sandbox_stop(box["sandbox_id"])))
+        pool.drain()
         sandbox = nx.sandbox_create("warm")["sandbox_id"]
         nx.sandbox_run(sandbox, "python", "print(2+2)")  # starts the kernel
         warm = [timed(lambda: nx.sandbox_run(sandbox, "python", "print(2+2)", fresh=True)) for _ in range(n)]
@@ -135,6 +149,9 @@ def main() -> None:
         ("warm run: python, stateful kernel", stateful, "plain subprocess python", subprocess_python),
         ("warm run: bash echo", warm_bash, "plain subprocess bash", subprocess_bash),
         ("stop", stops, "-", None),
+        ("create, from the warm pool", pool_creates, "-", None),
+        ("first run after it: python, stateful", pool_firsts, "plain subprocess python", subprocess_python),
+        ("stop (a warm-pool box)", pool_stops, "-", None),
         ("CLI list, 1,000 rows (table)", cli_list, "python -c pass", python_start),
         ("CLI list, 1,000 rows (--json)", cli_list_json, "python -c pass", python_start),
     ]

@@ -4,16 +4,17 @@
 
 Prints medians (ms) per provider, beside a baseline measured in the same run:
 the same cell sent with jupyter_client straight to a kernel on this machine
-(no sandbox).  Also the first cell right after create (the box starts its
-Python runtime itself, in the background) and the idle memory of one stateful
-sandbox (PSS and RSS of all its processes, read on the host).  Not a test.
+(no sandbox).  Also the first cell right after create: with no pool (the box
+starts its Python runtime itself, in the background) and from a warm pool of
+one (its runtime started and warmed before the create); and the idle memory of
+one stateful sandbox (PSS and RSS of all its processes, read on the host).
+Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import sys
 import tempfile
@@ -35,35 +36,13 @@ def timed(fn) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def box_host_pids(nx: SandboxManager, sandbox_id: str) -> list[int]:
-    """Every process of the box, seen from the host (the agent is not readable from inside)."""
-    row = nx.store.get(sandbox_id)
-    if row["provider"] == "docker":
-        container = nx.provider("docker").client.containers.get(row["provider_state"]["container_id"])
-        roots = [container.attrs["State"]["Pid"]]
-    else:
-        roots = [nx.provider("local")._box_pid(sandbox_id)]
-    children: dict[int, list[int]] = {}
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            parent = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        children.setdefault(parent, []).append(int(name))
-    found, todo = [], list(roots)
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
-
-
 def idle_memory_mib(nx: SandboxManager, sandbox_id: str) -> tuple[float, float]:
     """(PSS, RSS) of every process in the box, summed: the agent, the runtime's supervisor and its
     shell.  PSS shares each page among the processes that map it, so what the box costs the
     machine; RSS counts a library once per process that maps it."""
     pss = rss = 0
-    for pid in box_host_pids(nx, sandbox_id):
+    row = nx.store.get(sandbox_id)
+    for pid in nx.provider(row["provider"]).host_pids(sandbox_id, row["provider_state"]):
         try:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
         except OSError:
@@ -90,15 +69,41 @@ def baseline_kernel(n: int) -> list[float]:
         manager.shutdown_kernel(now=True)
 
 
-def measure(provider: str, data_dir: Path, n: int) -> tuple:
-    nx = SandboxManager(data_dir, provider=provider)
-    firsts = []
+def pool_ready(nx: SandboxManager, provider: str) -> None:
+    """Wait until the provider's warm pool holds a started box, then a second for its runtime's
+    warm-up (creates a few seconds apart, as a notebook user makes them)."""
+    backend = nx.provider(provider)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready = backend.pool.slots() if provider == "local" else backend._pool_containers()
+        if ready:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+
+
+def first_cells(nx: SandboxManager, provider: str, pooled: bool) -> float:
+    """The first cell's wait right after create (the box started its runtime by itself)."""
+    if pooled and provider == "docker":
+        nx.provider("docker").fill_pool()
+    samples = []
     for _ in range(5):
-        # right after create: the box started its runtime itself, in the background
+        if pooled:
+            pool_ready(nx, provider)
         box = nx.sandbox_create("first")["sandbox_id"]
-        firsts.append(timed(lambda box=box: nx.sandbox_run(box, "python", "1+1")))
+        samples.append(timed(lambda box=box: nx.sandbox_run(box, "python", "1+1")))
         nx.sandbox_stop(box)
-    first = statistics.median(firsts)
+    if provider == "local":
+        nx.provider("local").pool.drain()
+    elif pooled:
+        nx.provider("docker").drain_pool()
+    return statistics.median(samples)
+
+
+def measure(provider: str, data_dir: Path, n: int) -> tuple:
+    cold = first_cells(SandboxManager(data_dir / "cold", provider=provider, warm_pool=0), provider, False)
+    warm = first_cells(SandboxManager(data_dir / "pool", provider=provider, warm_pool=1), provider, True)
+    nx = SandboxManager(data_dir, provider=provider, warm_pool=0)
     sandbox = nx.sandbox_create("bench")["sandbox_id"]
     nx.sandbox_run(sandbox, "python", "1+1")
     api = [timed(lambda: nx.sandbox_run(sandbox, "python", "1+1")) for _ in range(n)]
@@ -109,7 +114,7 @@ def measure(provider: str, data_dir: Path, n: int) -> tuple:
     time.sleep(2)
     memory = idle_memory_mib(nx, sandbox)
     nx.sandbox_stop(sandbox)
-    return provider, first, statistics.median(api), statistics.median(magic), memory
+    return provider, cold, warm, statistics.median(api), statistics.median(magic), memory
 
 
 def main() -> None:
@@ -122,11 +127,11 @@ def main() -> None:
     base = statistics.median(baseline_kernel(args.repeat))
     print(f"stateful Python cell `1+1`, medians of {args.repeat} (ms)")
     print(
-        f"{'provider':<10}{'first cell':>12}{'API':>9}{'magic':>9}{'kernel, no sandbox':>21}"
+        f"{'provider':<10}{'first cell':>12}{'first, pool':>13}{'API':>9}{'magic':>9}{'kernel, no sandbox':>21}"
         f"{'idle PSS MiB':>14}{'idle RSS MiB':>14}"
     )
-    for provider, first, api, magic, (pss, rss) in rows:
-        print(f"{provider:<10}{first:12.0f}{api:9.1f}{magic:9.1f}{base:21.1f}{pss:14.0f}{rss:14.0f}")
+    for provider, cold, warm, api, magic, (pss, rss) in rows:
+        print(f"{provider:<10}{cold:12.0f}{warm:13.1f}{api:9.1f}{magic:9.1f}{base:21.1f}{pss:14.0f}{rss:14.0f}")
 
 
 if __name__ == "__main__":

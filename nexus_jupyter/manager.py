@@ -76,8 +76,9 @@ class SandboxManager:
         warm_pool: int | None = None,
     ):
         self.store = Store(data_dir)
-        # Containers kept started per template by providers that can (Docker);
-        # None leaves each provider's own default (NEXUS_DOCKER_POOL_SIZE, else off).
+        # Boxes kept started by the providers that can (local, Docker), handed out by create;
+        # None leaves each provider's own default (NEXUS_LOCAL_POOL_SIZE, else 1;
+        # NEXUS_DOCKER_POOL_SIZE, else off).
         self.warm_pool = warm_pool
         self.data_dir = self.store.data_dir
         self.default_provider = provider or os.environ.get("NEXUS_SANDBOX_PROVIDER") or "local"

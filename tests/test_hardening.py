@@ -80,21 +80,7 @@ conn.makefile('rb').readline()
 def box_host_pids(nx, sandbox) -> list[int]:
     """Host pids of every process inside the box."""
     row = nx.store.get(sandbox)
-    if row["provider"] == "docker":
-        container = nx.provider("docker").client.containers.get(row["provider_state"]["container_id"])
-        roots = [container.attrs["State"]["Pid"]]
-    else:
-        backend = nx.provider("local")
-        roots = [backend._box_pid(sandbox)]
-    found, todo = [], list(roots)
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children") as children:
-                todo += [int(child) for child in children.read().split()]
-        except OSError:
-            pass
+    found = nx.provider(row["provider"]).host_pids(sandbox, row["provider_state"])
     inside = []
     for pid in found:
         fields = process_status(pid)

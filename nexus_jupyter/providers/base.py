@@ -80,6 +80,25 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process descended from it, read from /proc (host pids)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [root], [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            tree.append(child)
+            todo.append(child)
+    return tree
+
+
 def private_dir(path: Path) -> Path:
     """Make ``path`` (and missing parents) a directory only its owner can enter."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -210,6 +229,11 @@ class Provider(ABC):
     @abstractmethod
     def box_ids(self) -> set[str]:
         """Ids of every box this provider holds for this data dir (live or not)."""
+
+    def host_pids(self, sandbox_id: str, state: dict) -> list[int]:
+        """This machine's pids of the box's processes (to measure or attack it); [] where
+        they do not run on this machine."""
+        return []
 
     def prune(self) -> list[str]:
         """Remove spare resources that ended on their own (e.g. warm-pool containers); returns their names."""

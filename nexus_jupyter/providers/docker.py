@@ -43,6 +43,7 @@ from .base import (
     box_host_uid,
     pool_size_setting,
     private_dir,
+    process_tree,
 )
 from .docker_relay import connect_through_exec, send_config_through_attach
 
@@ -538,6 +539,13 @@ class DockerProvider(Provider):
         if container is None:
             return "stopped"
         return STATUS.get(container.status, "stopped")
+
+    def host_pids(self, sandbox_id: str, state: dict) -> list[int]:
+        container = self._container(sandbox_id, state)
+        pid = container.attrs.get("State", {}).get("Pid") if container is not None else None
+        if not pid or not engine_address().startswith("unix://"):
+            return []  # a remote engine's pids are another machine's
+        return process_tree(pid)
 
     def box_ids(self) -> set[str]:
         """Sandbox ids of this store's containers, volumes and directories (pool slots are not sandboxes)."""

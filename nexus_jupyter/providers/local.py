@@ -40,6 +40,7 @@ from .base import (
     pool_size_setting,
     private_dir,
     process_start_time,
+    process_tree,
 )
 from .cgroups import Cgroups
 from .isolation import BOX_HOME, bwrap_command, choose_isolation, make_layout, unshare_command
@@ -263,7 +264,7 @@ class LocalProvider(Provider):
             outer = self._box_pid(sandbox_id)
             if outer is None:
                 break
-            for pid in self._process_tree(outer)[1:]:
+            for pid in process_tree(outer)[1:]:
                 try:
                     with open(f"/proc/{pid}/status") as status:
                         fields = dict(line.split(":", 1) for line in status if ":" in line)
@@ -326,23 +327,6 @@ class LocalProvider(Provider):
             return None  # gone, or the pid now belongs to another process
         return pid
 
-    def _process_tree(self, root: int) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat", "rb") as stat:
-                        ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                children.setdefault(ppid, []).append(int(entry))
-        tree, todo = [root], [root]
-        while todo:
-            for child in children.get(todo.pop(), ()):
-                tree.append(child)
-                todo.append(child)
-        return tree
-
     def _signal_tree(self, sandbox_id: str, sig: int) -> None:
         """Signal every process of the box, again until no new one appears (a process
         may fork between our reading the tree and signalling it)."""
@@ -351,7 +335,7 @@ class LocalProvider(Provider):
             return
         signalled: set[int] = set()
         for _ in range(100):
-            members = set(self._process_tree(pid)) - signalled
+            members = set(process_tree(pid)) - signalled
             if not members:
                 return
             for member in members:
@@ -428,6 +412,10 @@ class LocalProvider(Provider):
         except OSError:
             return "stopped"
         return "paused" if process_state == b"T" else "active"
+
+    def host_pids(self, sandbox_id: str, state: dict) -> list[int]:
+        outer = self._box_pid(sandbox_id)
+        return process_tree(outer) if outer is not None else []
 
     def box_ids(self) -> set[str]:
         """Sandbox ids of this store's boxes (pool slots, and the cgroups a claimed box
