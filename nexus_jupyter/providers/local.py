@@ -17,19 +17,15 @@ cgroups, and ``box.pid``.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from ..agent_client import AgentClient, new_agent_key
 from ..errors import ProviderUnavailable
-from . import network
 from .base import (
     BOX_CODE_SOURCE,
     BoxSpec,
@@ -43,7 +39,6 @@ from .base import (
     process_tree,
 )
 from .cgroups import Cgroups
-from .isolation import BOX_HOME, bwrap_command, choose_isolation, make_layout, unshare_command
 from .local_pool import POOL_PREFIX, POOL_RECORD, LocalPool
 
 BOX_UID = 1000  # the box's user inside bubblewrap's user namespace
@@ -61,11 +56,18 @@ exec "$@"
 
 MS_NOSUID, MS_NODEV = 2, 4
 MNT_DETACH = 2
-_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _runtime_paths() -> list[str]:
     """Directories outside /usr that the interpreters live in (bound read-only)."""
+    import shutil
+
     candidates = {
         sys.prefix,
         sys.base_prefix,
@@ -86,6 +88,8 @@ def _runtime_paths() -> list[str]:
 
 
 def _interpreters() -> dict:
+    import shutil
+
     return {"python": sys.executable, "javascript": shutil.which("node") or "node", "bash": "/bin/bash"}
 
 
@@ -170,6 +174,12 @@ class LocalProvider(Provider):
     def start_box(self, spec: BoxSpec, background: bool = False) -> dict:
         """Start a new box named ``spec.sandbox_id`` (a sandbox id, or a pool slot started
         in the ``background``: at the lowest CPU weight until it is claimed)."""
+        # Here, not at the top: a run or a stop needs none of this (each CLI call loads it).
+        import subprocess
+
+        from . import network
+        from .isolation import bwrap_command, choose_isolation, make_layout, unshare_command
+
         isolation = choose_isolation()
         if spec.allow_internet:
             network.require_tools()  # before anything is made
@@ -254,6 +264,8 @@ class LocalProvider(Provider):
     @staticmethod
     def _launcher() -> list[str]:
         """Starts a command detached: ``[*launcher, pidfile, cgroup files..., "--", command...]``."""
+        import shutil
+
         setsid = ["setsid", "-f"] if shutil.which("setsid") else []
         return [*setsid, "/bin/sh", "-c", LAUNCHER, "sh"]
 
@@ -299,10 +311,13 @@ class LocalProvider(Provider):
         if os.geteuid() != 0 or os.path.ismount(where):
             return os.path.ismount(where)
         options = f"size={disk_mb}m,mode=0700,uid={owner},gid={owner}".encode()
-        return _libc.mount(b"nexus-box", str(where).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0
+        return _libc().mount(b"nexus-box", str(where).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0
 
     @staticmethod
     def _write_etc(etc: Path, uid: int, allow_internet: bool) -> None:
+        from . import network
+        from .isolation import BOX_HOME
+
         (etc / "passwd").write_text(
             f"user:x:{uid}:{uid}:sandbox user:{BOX_HOME}:/bin/bash\n"
             "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
@@ -357,6 +372,8 @@ class LocalProvider(Provider):
             return sandbox_id
 
     def destroy(self, sandbox_id: str, state: dict) -> None:
+        import shutil
+
         cgroups, group = self.cgroups, self._group(sandbox_id, state)
         if cgroups is not None and cgroups.exists(group):
             cgroups.kill(group)
@@ -366,7 +383,7 @@ class LocalProvider(Provider):
         self._stop_network(sandbox_id)
         box = self.box_dir(sandbox_id)
         if os.path.ismount(box / "fs"):
-            _libc.umount2(str(box / "fs").encode(), MNT_DETACH)
+            _libc().umount2(str(box / "fs").encode(), MNT_DETACH)
         shutil.rmtree(box, ignore_errors=True)
 
     def _stop_network(self, sandbox_id: str) -> None:

@@ -21,8 +21,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +28,6 @@ from typing import TYPE_CHECKING
 
 from ..errors import ProviderUnavailable, SandboxError
 from .base import BoxSpec, private_dir
-from .isolation import choose_isolation
 
 if TYPE_CHECKING:
     from .local import LocalProvider
@@ -81,6 +78,8 @@ class LocalPool:
     # ---- claim
     def claim(self, spec: BoxSpec) -> dict | None:
         """Hand a pool box over to ``spec.sandbox_id``; None when the pool has none ready."""
+        from .isolation import choose_isolation
+
         provider = self.provider
         isolation = choose_isolation()
         for slot in self.slots():
@@ -113,6 +112,8 @@ class LocalPool:
         The fill lock is taken here and handed to the child, so from the moment this
         returns, ``drain`` (a test ending, a server stopping) waits for that fill.
         """
+        import subprocess
+
         lock = self._open_lock()
         if not _try_lock(lock):
             os.close(lock)
@@ -159,6 +160,8 @@ class LocalPool:
             os.close(lock)
 
     def _start_slot(self) -> None:
+        import secrets
+
         provider = self.provider
         slot = POOL_PREFIX + secrets.token_hex(6)
         spec = BoxSpec(sandbox_id=slot, idle_timeout_seconds=POOL_IDLE_SECONDS)
