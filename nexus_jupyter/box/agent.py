@@ -624,7 +624,9 @@ def _become_runtime(config, lock):
     spec = importlib.util.spec_from_file_location("python_runtime", path)
     runtime = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runtime)
-    runtime.Supervisor(_runtime_socket(config), config.interpreters["python"], config.workdir, config.env, lock).serve()
+    runtime.Supervisor(
+        _runtime_socket(config), _runtime_log(config), config.interpreters["python"], config.workdir, config.env, lock
+    ).serve()
 
 
 def _apply_limits(limits, timeout):

@@ -148,14 +148,14 @@ class Cell:
 
 
 class Supervisor:
-    def __init__(self, socket_path, python, workdir, env, lock_fd=None):
+    def __init__(self, socket_path, log_path, python, workdir, env, lock_fd=None):
         self.socket_path = socket_path
         self.python = python
         self.workdir = workdir
         self.env = env
         if lock_fd is not None:
             os.set_inheritable(lock_fd, False)  # held for life (see the agent's start_runtime), not by the shell
-        self.log_path = os.path.join(os.path.dirname(socket_path), "python.log")
+        self.log_path = log_path
         self.log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.selector = selectors.DefaultSelector()
         self.waiting = collections.deque()  # (conn, request) for the shell, in arrival order
@@ -463,7 +463,8 @@ def main():
     # Run alone (not forked by the agent): SIGPIPE is ignored, as Python leaves it.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     python, workdir = args.get("--python", sys.executable), args.get("--workdir", os.getcwd())
-    Supervisor(args["--socket"], python, workdir, dict(os.environ)).serve()
+    log = args.get("--log", "/dev/stderr")  # run alone: its log is its own stderr
+    Supervisor(args["--socket"], log, python, workdir, dict(os.environ)).serve()
 
 
 if __name__ == "__main__":
