@@ -26,7 +26,12 @@ def _unshare_available() -> bool:
 # The attacks also run on boxes handed out by the local warm pool.
 POOL_SUITES = {"test_isolation"}
 # Suites about one provider run once, with that provider.
-SINGLE_PROVIDER_SUITES = {"test_local": "local", "test_local_degraded": "local", "test_docker": "docker"}
+SINGLE_PROVIDER_SUITES = {
+    "test_local": "local",
+    "test_local_degraded": "local",
+    "test_local_pool": "local",
+    "test_docker": "docker",
+}
 
 
 def pytest_generate_tests(metafunc):
