@@ -18,6 +18,7 @@ import ipywidgets as widgets
 from .errors import SandboxError
 from .formatting import duration, printable, seconds_left
 from .manager import SandboxManager
+from .providers.base import provider_names
 
 COLUMNS = ("Name", "Sandbox ID", "Provider", "Status", "Uptime", "Time left", "")
 VERBS = ("pause", "resume", "stop")
@@ -81,7 +82,7 @@ class SandboxPanel:
         self,
         manager: SandboxManager | None = None,
         refresh_seconds: float = 5.0,
-        providers: tuple[str, ...] = ("local", "docker"),
+        providers: tuple[str, ...] | None = None,
     ):
         self.manager = manager or SandboxManager()
         self.refresh_seconds = refresh_seconds
@@ -94,7 +95,8 @@ class SandboxPanel:
         self.ttl_input = widgets.BoundedIntText(
             value=30, min=1, max=7 * 24 * 60, description="TTL (min)", layout=widgets.Layout(width="150px")
         )
-        options = list(dict.fromkeys([self.manager.default_provider, *providers]))
+        # The choices are every provider installed (built in, or a plugin's entry point).
+        options = list(dict.fromkeys([self.manager.default_provider, *(providers or provider_names())]))
         self.provider_input = widgets.Dropdown(options=options, value=options[0], layout=widgets.Layout(width="110px"))
         self.create_button = widgets.Button(
             description="Create", button_style="primary", icon="plus", layout=widgets.Layout(width="auto")

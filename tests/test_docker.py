@@ -16,7 +16,7 @@ import pytest
 
 from conftest import PROVIDERS
 from nexus_jupyter import ProviderUnavailable, SandboxManager, SandboxTimeout
-from nexus_jupyter.providers.base import BOX_UID_BASE, BOX_UID_SPAN
+from nexus_jupyter.providers.agent_box import BOX_UID_BASE, BOX_UID_SPAN
 
 pytestmark = pytest.mark.skipif(
     "docker" not in PROVIDERS, reason="NEXUS_TEST_PROVIDERS does not name docker (./test.sh always does)"

@@ -23,7 +23,7 @@ import pytest
 from conftest import host_processes_matching, process_status
 from nexus_jupyter import SandboxError, SandboxManager, SandboxStateError, SandboxTimeout
 from nexus_jupyter.agent_client import AgentImpostor, AgentUnresponsive
-from nexus_jupyter.providers.base import BOX_UID_BASE, BOX_UID_SPAN
+from nexus_jupyter.providers.agent_box import BOX_UID_BASE, BOX_UID_SPAN
 
 
 def socket_dir(nx: SandboxManager, sandbox: str) -> Path:

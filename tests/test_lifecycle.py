@@ -187,6 +187,7 @@ def test_a_failed_create_leaves_no_active_row_and_no_box(nx, monkeypatch):
 
 def test_a_provider_that_cannot_pause_says_so(data_dir, provider):
     from nexus_jupyter import ProviderNotSupported
+    from nexus_jupyter.providers.base import Feature
     from nexus_jupyter.providers.local import LocalProvider
 
     class NoPauseProvider(LocalProvider):
@@ -194,7 +195,7 @@ def test_a_provider_that_cannot_pause_says_so(data_dir, provider):
 
         name = "nopause"
         display_name = "NoPause"
-        supports_pause = False
+        features = LocalProvider.features - {Feature.PAUSE}
 
     nx = SandboxManager(data_dir, provider="nopause")
     nx._providers["nopause"] = NoPauseProvider(data_dir)

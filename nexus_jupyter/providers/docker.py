@@ -30,21 +30,18 @@ from pathlib import Path
 from ..agent_client import AgentClient, new_agent_key
 from ..errors import ProviderUnavailable, SandboxError
 from . import network
-from .base import (
+from .agent_box import (
     BOX_AGENT,
     BOX_CODE,
     BOX_CODE_FILES,
     BOX_CODE_SOURCE,
     BOX_RUN,
-    BoxSpec,
-    Provider,
+    AgentProvider,
     agent_command,
     box_environment,
     box_host_uid,
-    pool_size_setting,
-    private_dir,
-    process_tree,
 )
+from .base import BoxSpec, Feature, pool_size_setting, private_dir, process_tree
 from .docker_relay import connect_through_exec, send_config_through_attach
 
 DEFAULT_IMAGE = "nexus-jupyter-sandbox:latest"
@@ -123,14 +120,14 @@ def engine_address() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
-class DockerProvider(Provider):
+class DockerProvider(AgentProvider):
     """Boxes that are containers: all capabilities dropped, no new privileges, a
     non-root user, an init process, pids/memory/CPU limits, no network unless
     allowed, a read-only root with a size-limited writable home and /tmp."""
 
     name = "docker"
     display_name = "Docker"
-    supports_pause = True
+    features = AgentProvider.features | {Feature.WARM_POOL}
 
     def __init__(self, data_dir: Path):
         super().__init__(data_dir)

@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import ProviderUnavailable
-from .base import BOX_CODE, BOX_RUN
+from .agent_box import BOX_CODE, BOX_RUN
 
 BOX_HOME = "/home/user"
 # Host files a box may read: what dynamic linking, TLS and time zones need.

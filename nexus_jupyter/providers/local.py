@@ -26,13 +26,16 @@ from pathlib import Path
 
 from ..agent_client import AgentClient, new_agent_key
 from ..errors import ProviderUnavailable
-from .base import (
+from .agent_box import (
     BOX_CODE_SOURCE,
-    BoxSpec,
-    Provider,
+    AgentProvider,
     agent_command,
     box_environment,
     box_host_uid,
+)
+from .base import (
+    BoxSpec,
+    Feature,
     pool_size_setting,
     private_dir,
     process_start_time,
@@ -93,11 +96,11 @@ def _interpreters() -> dict:
     return {"python": sys.executable, "javascript": shutil.which("node") or "node", "bash": "/bin/bash"}
 
 
-class LocalProvider(Provider):
+class LocalProvider(AgentProvider):
     """Boxes made with bubblewrap and cgroups on this machine."""
 
     name = "local"
-    supports_pause = True
+    features = AgentProvider.features | {Feature.WARM_POOL}
 
     def __init__(self, data_dir: Path):
         super().__init__(data_dir)
@@ -448,12 +451,12 @@ class LocalProvider(Provider):
         return self.pool.prune()
 
     # ---- runs: say when the kernel's OOM killer ended one
-    def _call_agent(self, sandbox_id: str, state: dict, method: str, *args, **kwargs) -> dict:
+    def _call_agent(self, sandbox_id: str, state: dict, call) -> dict:
         # The box cannot see its cgroup: the host reads the OOM killer's count.
         cgroups = self.cgroups if state.get("cgroups") else None
         group = self._group(sandbox_id, state)
         oom_before = cgroups.oom_kills(group) if cgroups is not None else 0
-        result = super()._call_agent(sandbox_id, state, method, *args, **kwargs)
+        result = super()._call_agent(sandbox_id, state, call)
         if cgroups is not None and cgroups.oom_kills(group) > oom_before:
             result["oom_killed"] = True
         return result
