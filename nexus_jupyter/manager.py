@@ -1,61 +1,25 @@
-"""SandboxManager: the one API every front end (CLI, magics, panel, REST) calls.
+"""SandboxManager: the seed's Python API, bound to one caller.
 
-It owns every business rule: ownership, TTL (an idle timeout refreshed by
-every use), state transitions, validation.  It keeps nothing about live
-sandboxes in memory: each call reads the store, so any process can operate
-any sandbox.  Methods return the seed's dicts.
+``SandboxManager()`` is what the CLI, the magics, the panel and a user's own
+code construct: a ``SandboxService`` (service.py: every rule, the store, the
+providers) and the caller it acts for (``$NEXUS_USER`` or the OS user, admin
+with ``$NEXUS_ADMIN``).  Its methods return the seed's dicts, exactly the JSON
+of the CLI's ``--json``.  A server that serves many users holds one service
+and passes each request's caller to it instead (``SandboxManager(service=...,
+user_id=...)`` binds one without building another).
 """
 
 from __future__ import annotations
 
 import getpass
 import os
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from .errors import (
-    AgentUnreachable,
-    InvalidArgument,
-    PermissionDenied,
-    ProviderNotSupported,
-    SandboxError,
-    SandboxNotFound,
-    SandboxStateError,
-    SandboxTimeout,
-)
-from .providers.base import BoxSpec, Provider, provider_class
-from .store import LIVE_STATUSES, Store, to_record
-from .validation import (
-    check_code,
-    check_env,
-    check_path,
-    normalize_language,
-    positive_number,
-    truthy,
-    whole_number,
-)
-
-DEFAULT_TTL_MINUTES = 10
-MAX_TTL_MINUTES = 7 * 24 * 60
-DEFAULT_TIMEOUT_SECONDS = 30
-MAX_TIMEOUT_SECONDS = 24 * 3600
-MAX_OUTPUT_CHARS = 1 << 20
-DEFAULT_MEMORY_MB = 1024
-DEFAULT_DISK_MB = 512
-# A box's files live in memory (tmpfs): they may use all of its memory limit but this.
-MEMORY_FOR_PROCESSES_MB = 128
-DEFAULT_MAX_FILE_MB = 256  # the largest file read or downloaded from a box (NEXUS_MAX_FILE_MB)
-# A box started but never marked active within this time is taken as a failed create.
-CREATE_GRACE_SECONDS = 120
-# The agent ends its box itself this long after the TTL, in case no reaper runs.
-AGENT_EXPIRY_GRACE_SECONDS = 60
-ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
-
-OutputCallback = Callable[[str], None]
-ResultCallback = Callable[[dict], None]
+from .providers.base import OutputCallback, Provider, ResultCallback
+from .service import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_SECONDS, DEFAULT_TTL_MINUTES, Caller, SandboxService
+from .validation import truthy
 
 
 class SandboxManager:
@@ -63,7 +27,9 @@ class SandboxManager:
 
     ``data_dir`` defaults to ``$NEXUS_DATA_DIR`` (else the Jupyter data dir);
     ``provider`` to ``$NEXUS_SANDBOX_PROVIDER`` (else ``local``); ``user_id``
-    to ``$NEXUS_USER`` (else the OS user); ``is_admin`` to ``$NEXUS_ADMIN``.
+    to ``$NEXUS_USER`` (else the OS user); ``is_admin`` to ``$NEXUS_ADMIN``;
+    ``warm_pool`` sets every provider's warm pool size (None: each provider's default).
+    ``service``: an existing service to act through (its data dir and providers).
     """
 
     def __init__(
@@ -74,77 +40,44 @@ class SandboxManager:
         user_id: str | None = None,
         is_admin: bool | None = None,
         warm_pool: int | None = None,
+        service: SandboxService | None = None,
     ):
-        self.store = Store(data_dir)
-        # Boxes kept started by the providers that can (local, Docker), handed out by create;
-        # None leaves each provider's own default (NEXUS_LOCAL_POOL_SIZE, else 1;
-        # NEXUS_DOCKER_POOL_SIZE, else off).
-        self.warm_pool = warm_pool
-        self.data_dir = self.store.data_dir
-        self.default_provider = provider or os.environ.get("NEXUS_SANDBOX_PROVIDER") or "local"
-        self.user_id = user_id or os.environ.get("NEXUS_USER") or getpass.getuser()
-        self.is_admin = truthy(os.environ.get("NEXUS_ADMIN")) if is_admin is None else is_admin
-        self._providers: dict[str, Provider] = {}
+        self.service = service or SandboxService(data_dir, default_provider=provider, warm_pool=warm_pool)
+        self.default_provider = provider or self.service.default_provider
+        self.caller = Caller(
+            user_id or os.environ.get("NEXUS_USER") or getpass.getuser(),
+            truthy(os.environ.get("NEXUS_ADMIN")) if is_admin is None else is_admin,
+        )
+
+    # ---- who and where
+    @property
+    def user_id(self) -> str:
+        return self.caller.user_id
 
     @property
     def current_user(self) -> str:
-        return self.user_id
+        return self.caller.user_id
+
+    @property
+    def is_admin(self) -> bool:
+        return self.caller.is_admin
+
+    @property
+    def store(self):
+        return self.service.store
+
+    @property
+    def data_dir(self) -> Path:
+        return self.service.data_dir
+
+    @property
+    def _providers(self) -> dict[str, Provider]:
+        return self.service._providers
 
     def provider(self, name: str) -> Provider:
-        if name not in self._providers:
-            backend = provider_class(name)(self.data_dir)
-            if self.warm_pool is not None and hasattr(backend, "pool_size"):
-                backend.pool_size = self.warm_pool
-            self._providers[name] = backend
-        return self._providers[name]
+        return self.service.provider(name)
 
-    # ---- lookup and ownership
-    def _resolve(self, sandbox_ref: str, *, include_stopped: bool = True) -> dict:
-        """The row for an id (or the unique live sandbox of that name) that the caller may see."""
-        if not isinstance(sandbox_ref, str) or not sandbox_ref.strip():
-            raise InvalidArgument("a sandbox id is required")
-        row = self.store.get(sandbox_ref)
-        if row is not None and not self.is_admin and row["user_id"] != self.user_id:
-            row = None  # another user's sandbox reads as not found
-        if row is None:
-            named = self.store.find_by_name(sandbox_ref, None if self.is_admin else self.user_id)
-            if len(named) > 1:
-                ids = ", ".join(r["sandbox_id"] for r in named)
-                raise InvalidArgument(f"more than one sandbox is named {sandbox_ref!r} ({ids}): use its id")
-            row = named[0] if named else None
-        if row is None:
-            raise SandboxNotFound(f"Sandbox not found: {sandbox_ref}")
-        if not include_stopped and row["status"] not in LIVE_STATUSES:
-            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is stopped")
-        return row
-
-    def _require_active(self, row: dict) -> None:
-        status = row["status"]
-        if status == "paused":
-            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is paused: resume it first")
-        if status == "creating":
-            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is still being created")
-        if status != "active":
-            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is stopped")
-
-    # ---- TTL
-    def _reap_expired(self) -> list[str]:
-        """Stop every sandbox whose idle time ran out (any user's).  Cheap when none did."""
-        stopped = []
-        for row in self.store.expired(time.time()):
-            if self._stop_row(row, reason="expired"):
-                stopped.append(row["sandbox_id"])
-        return stopped
-
-    def _touch(self, row: dict, extra_seconds: float = 0.0) -> None:
-        now = time.time()
-        self.store.update(
-            row["sandbox_id"],
-            {"last_active_at": now, "expires_at": now + row["ttl_minutes"] * 60 + extra_seconds},
-            expect_status=("active",),
-        )
-
-    # ---- create
+    # ---- the seed's API
     def sandbox_create(
         self,
         name: str,
@@ -161,100 +94,23 @@ class SandboxManager:
         disk_mb: int | None = None,
         env: dict | None = None,
     ) -> dict:
-        """Create a sandbox; returns its 15-field record.
+        """Create a sandbox; returns its 15-field record (see ``SandboxService.create``)."""
+        return self.service.create(
+            self.caller,
+            name,
+            ttl_minutes,
+            template_id,
+            provider=provider or self.default_provider,
+            agent_id=agent_id,
+            tenant_id=tenant_id,
+            allow_internet_access=allow_internet_access,
+            memory_mb=memory_mb,
+            cpus=cpus,
+            max_processes=max_processes,
+            disk_mb=disk_mb,
+            env=env,
+        ).to_dict()
 
-        ``disk_mb`` bounds every file the sandbox writes (home, /tmp); they live in
-        memory, so it defaults to 512 or half of ``memory_mb``, and may be at most
-        ``memory_mb`` less 128.  Raises InvalidArgument for bad values (before
-        anything is made) and ProviderUnavailable when the provider cannot run here
-        or the sandbox does not start.
-        """
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidArgument("a sandbox name is required")
-        if len(name) > 200 or any(ch in name for ch in "\0\n\r"):
-            raise InvalidArgument("a sandbox name is one line of at most 200 characters")
-        ttl = whole_number(ttl_minutes, "ttl_minutes", 1, MAX_TTL_MINUTES)
-        provider_name = provider or self.default_provider
-        backend = self.provider(provider_name)
-        memory = whole_number(memory_mb, "memory_mb", 64, backend.memory_capacity_mb() or 1 << 20)
-        if disk_mb is None:
-            disk = min(DEFAULT_DISK_MB, memory // 2)
-        else:
-            disk = whole_number(disk_mb, "disk_mb", 16, 1 << 30)
-            if disk > memory - MEMORY_FOR_PROCESSES_MB:
-                room = MEMORY_FOR_PROCESSES_MB
-                raise InvalidArgument(
-                    f"disk_mb {disk} is too large for memory_mb {memory}: a sandbox's files live in its memory, "
-                    f"so disk_mb may be at most memory_mb - {room} ({memory - room})"
-                )
-        spec = BoxSpec(
-            sandbox_id=_new_sandbox_id(),
-            template_id=template_id,
-            allow_internet=bool(allow_internet_access),
-            memory_mb=memory,
-            cpus=positive_number(cpus, "cpus", os.cpu_count() or 1),
-            max_processes=whole_number(max_processes, "max_processes", 8, 1 << 16),
-            disk_mb=disk,
-            env=check_env(env),
-            idle_timeout_seconds=ttl * 60 + AGENT_EXPIRY_GRACE_SECONDS,
-            owner=self.user_id,
-        )
-        self._reap_expired()
-        now = time.time()
-        # The row is written before the box exists, so a crash mid-create
-        # leaves a row the reaper can find rather than an invisible box.
-        self.store.insert(
-            {
-                "sandbox_id": spec.sandbox_id,
-                "name": name,
-                "user_id": self.user_id,
-                "agent_id": agent_id,
-                "tenant_id": tenant_id or "default",
-                "provider": provider_name,
-                "template_id": template_id,
-                "status": "creating",
-                "created_at": now,
-                "last_active_at": now,
-                "ttl_minutes": ttl,
-                "expires_at": now + ttl * 60,
-                "options": {
-                    "allow_internet": spec.allow_internet,
-                    "memory_mb": spec.memory_mb,
-                    "cpus": spec.cpus,
-                    "max_processes": spec.max_processes,
-                    "disk_mb": spec.disk_mb,
-                    "env_keys": sorted(spec.env),
-                },
-            }
-        )
-        state: dict = {}
-        try:
-            state = backend.create(spec)
-            backend.check_started(spec.sandbox_id, state)
-        except BaseException as exc:
-            self.store.update(
-                spec.sandbox_id,
-                {
-                    "status": "failed",
-                    "stopped_at": time.time(),
-                    "expires_at": None,
-                    "stop_reason": f"create failed: {exc}",
-                },
-            )
-            try:
-                backend.destroy(spec.sandbox_id, state)
-            except Exception:
-                pass
-            raise
-        now = time.time()
-        self.store.update(
-            spec.sandbox_id,
-            {"status": "active", "provider_state": state, "last_active_at": now, "expires_at": now + ttl * 60},
-            expect_status=("creating",),
-        )
-        return to_record(self.store.get(spec.sandbox_id))
-
-    # ---- run
     def sandbox_run(
         self,
         sandbox_id: str,
@@ -272,161 +128,41 @@ class SandboxManager:
     ) -> dict:
         """Run code; returns stdout, stderr, exit_code, execution_time, results, error.
 
-        Python runs in the sandbox's kernel, so state persists between runs
-        (``x = 41`` then ``print(x + 1)``) and rich outputs come back in
-        ``results`` (MIME bundles: display outputs and the value of the last
-        expression) with ``error`` (name, value, traceback) for an exception.
-        ``fresh=True`` (and JavaScript, Bash) run in a new process instead.
-        A stateful run is a script's: ``sys.exit(n)`` gives exit code n (the
-        state kept); with ``filename`` (the code is that file's) ``__file__``
-        is set, tracebacks name the file and no value is shown;
-        ``execution_count`` numbers the cell (``Cell In[n]``), as a notebook does.
-        Output is passed to ``on_stdout``/``on_stderr``/``on_result`` as it is produced.
-        Raises SandboxTimeout (with ``.result``) when the run exceeds ``timeout``;
-        an interrupted Python cell keeps the kernel's state.
+        Python runs in the sandbox's stateful runtime (``x = 41`` then ``print(x + 1)``),
+        with rich outputs in ``results``; ``fresh=True`` (and JavaScript, Bash) run in a
+        new process.  Raises SandboxTimeout (with ``.result``) past ``timeout``.  See
+        ``SandboxService.run`` for the whole contract.
         """
-        language = normalize_language(language)
-        code = check_code(code)
-        seconds = positive_number(timeout, "timeout", MAX_TIMEOUT_SECONDS, "seconds")
-        stateful = language == "python" and not fresh
-        if stateful and env:
-            raise InvalidArgument("env applies to fresh runs: the kernel's environment is the sandbox's")
-        self._reap_expired()
-        row = self._resolve(sandbox_id)
-        self._require_active(row)
-        # Not expirable while it runs: the TTL counts idle time only.
-        self._touch(row, extra_seconds=seconds + 30)
-        backend = self.provider(row["provider"])
-        callbacks = {
-            "max_output_chars": MAX_OUTPUT_CHARS,
-            "on_stdout": on_stdout,
-            "on_stderr": on_stderr,
-            "on_result": on_result,
-        }
-        try:
-            if stateful:
-                outcome = backend.execute(
-                    row["sandbox_id"],
-                    row["provider_state"],
-                    code,
-                    seconds,
-                    filename=filename,
-                    execution_count=execution_count,
-                    **callbacks,
-                )
-            else:
-                outcome = backend.run(
-                    row["sandbox_id"], row["provider_state"], language, code, seconds, env=env, **callbacks
-                )
-        except AgentUnreachable as exc:
-            raise self._unreachable(row, backend, exc) from None
-        finally:
-            self._touch(row)
-        result = {
-            "stdout": outcome["stdout"],
-            "stderr": outcome["stderr"],
-            "exit_code": outcome["exit_code"],
-            "execution_time": outcome["execution_time"],
-            "results": outcome.get("results", []),
-            "error": outcome.get("error"),
-        }
-        if outcome.get("timed_out"):
-            raise SandboxTimeout(f"Code execution exceeded {timeout:g} second timeout", result)
-        return result
+        return self.service.run(
+            self.caller,
+            sandbox_id,
+            language,
+            code,
+            timeout,
+            fresh=fresh,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            on_result=on_result,
+            env=env,
+            filename=filename,
+            execution_count=execution_count,
+        ).to_dict()
 
-    def _unreachable(self, row: dict, backend: Provider, exc: AgentUnreachable) -> SandboxStateError:
-        """The error for a box whose agent did not answer; if its provider no longer has
-        the box, the row says so.  A box that is there but unresponsive stays as it is."""
-        current = self.store.get(row["sandbox_id"])
-        if current is not None and current["status"] not in LIVE_STATUSES:
-            return SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: it was stopped while the code ran")
-        try:
-            gone = backend.inspect(row["sandbox_id"], row["provider_state"]) == "stopped"
-        except SandboxError:
-            gone = False
-        if gone:
-            self._stop_row(row, reason="vanished")
-            return SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}")
-        return SandboxStateError(f"Sandbox {row['sandbox_id']} did not answer: {exc}")
-
-    # ---- state transitions
     def sandbox_pause(self, sandbox_id: str) -> dict:
         """Freeze every process of the sandbox; it keeps its state and does not expire while paused."""
-        self._reap_expired()
-        row = self._resolve(sandbox_id)
-        if row["status"] == "paused":
-            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is already paused")
-        self._require_active(row)
-        backend = self.provider(row["provider"])
-        if not backend.supports_pause:
-            raise ProviderNotSupported(
-                f"{backend.display_name} doesn't support pause/resume. Use stop to destroy the sandbox."
-            )
-        backend.pause(row["sandbox_id"], row["provider_state"])
-        if not self.store.update(
-            row["sandbox_id"],
-            {"status": "paused", "paused_at": time.time(), "expires_at": None},
-            expect_status=("active",),
-        ):
-            backend.resume(row["sandbox_id"], row["provider_state"])
-            raise SandboxStateError(f"Sandbox {row['sandbox_id']} changed state while pausing; try again")
-        return to_record(self.store.get(row["sandbox_id"]))
+        return self.service.pause(self.caller, sandbox_id).to_dict()
 
     def sandbox_resume(self, sandbox_id: str) -> dict:
         """Thaw a paused sandbox; its idle timeout starts again."""
-        self._reap_expired()
-        row = self._resolve(sandbox_id)
-        if row["status"] == "active":
-            raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not paused")
-        if row["status"] != "paused":
-            self._require_active(row)
-        backend = self.provider(row["provider"])
-        if not backend.supports_pause:
-            raise ProviderNotSupported(
-                f"{backend.display_name} doesn't support pause/resume. Create a new sandbox instead."
-            )
-        backend.resume(row["sandbox_id"], row["provider_state"])
-        now = time.time()
-        self.store.update(
-            row["sandbox_id"],
-            {"status": "active", "paused_at": None, "last_active_at": now, "expires_at": now + row["ttl_minutes"] * 60},
-            expect_status=("paused",),
-        )
-        try:
-            backend.touch(
-                row["sandbox_id"], row["provider_state"], row["ttl_minutes"] * 60 + AGENT_EXPIRY_GRACE_SECONDS
-            )
-        except (SandboxError, OSError):
-            pass  # the box's own idle clock also notices the freeze
-        return to_record(self.store.get(row["sandbox_id"]))
+        return self.service.resume(self.caller, sandbox_id).to_dict()
 
     def sandbox_stop(self, sandbox_id: str) -> dict:
-        """Destroy the sandbox and everything in it.  Stopping a stopped sandbox is not an error."""
-        self._reap_expired()
-        row = self._resolve(sandbox_id)
-        if not self._stop_row(row, reason="stopped") and row["status"] not in LIVE_STATUSES:
-            # Stopped already: finish the job if an earlier stop was killed before its box was gone.
-            backend = self.provider(row["provider"])
-            if backend.inspect(row["sandbox_id"], row["provider_state"]) != "stopped":
-                backend.destroy(row["sandbox_id"], row["provider_state"])
-        return to_record(self.store.get(row["sandbox_id"]))
+        """Destroy the sandbox (every process and file); its record stays, stopped."""
+        return self.service.stop(self.caller, sandbox_id).to_dict()
 
-    def _stop_row(self, row: dict, reason: str) -> bool:
-        """Mark stopped, then destroy (so a failed destroy leaves an orphan the reaper removes)."""
-        won = self.store.update(
-            row["sandbox_id"],
-            {"status": "stopped", "stopped_at": time.time(), "expires_at": None, "stop_reason": reason},
-            expect_status=LIVE_STATUSES,
-        )
-        if won or row["status"] in LIVE_STATUSES:
-            self.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
-        return won
-
-    # ---- reading
     def sandbox_status(self, sandbox_id: str) -> dict:
         """The sandbox's 15-field record."""
-        self._reap_expired()
-        return to_record(self._resolve(sandbox_id))
+        return self.service.status(self.caller, sandbox_id).to_dict()
 
     def sandbox_list(
         self, context: dict | None = None, verify_status: bool = False, include_stopped: bool = False
@@ -437,185 +173,42 @@ class SandboxManager:
         With ``verify_status`` each record gains ``verified`` and ``provider_status``
         and rows whose box vanished are corrected.
         """
-        context = dict(context or {})
-        user = context.get("user") or context.get("user_id")
-        if user is not None and user != self.user_id and not self.is_admin:
-            raise PermissionDenied(f"only admins can list another user's sandboxes (you are {self.user_id})")
-        self._reap_expired()
-        rows = self.store.select(
-            user_id=user or self.user_id,
-            agent_id=context.get("agent_id"),
-            tenant_id=context.get("tenant_id"),
-            include_stopped=include_stopped,
-        )
-        now = time.time()
-        records = []
-        for row in rows:
-            record = to_record(row, now)
-            if verify_status:
-                record["verified"], record["provider_status"] = self._verify(row)
-            records.append(record)
-        return {"sandboxes": records}
+        records = self.service.list_sandboxes(self.caller, context, verify_status, include_stopped)
+        return {"sandboxes": [record.to_dict() for record in records]}
 
-    def _verify(self, row: dict) -> tuple[bool, str | None]:
-        """Ask the provider what it holds; correct the row if the box vanished or froze.
-
-        A stopped row whose box is still there (a stop killed midway) reports what
-        the provider sees, unverified, until ``reap`` finishes the job."""
-        if row["status"] == "creating":
-            return True, "creating"
-        try:
-            seen = self.provider(row["provider"]).inspect(row["sandbox_id"], row["provider_state"])
-        except SandboxError:
-            return False, None
-        if row["status"] not in ("active", "paused"):
-            return seen == "stopped", seen
-        if seen == "stopped":
-            self._stop_row(row, reason="vanished")
-        elif seen != row["status"]:
-            if seen == "paused":
-                self.store.update(
-                    row["sandbox_id"],
-                    {"status": "paused", "paused_at": time.time(), "expires_at": None},
-                    expect_status=("active",),
-                )
-            else:
-                now = time.time()
-                self.store.update(
-                    row["sandbox_id"],
-                    {
-                        "status": "active",
-                        "paused_at": None,
-                        "last_active_at": now,
-                        "expires_at": now + row["ttl_minutes"] * 60,
-                    },
-                    expect_status=("paused",),
-                )
-        return True, seen
-
-    # ---- housekeeping
     def reap(self) -> dict:
-        """One pass: stop expired sandboxes, fix vanished ones, destroy orphans.
-
-        Returns ``{"expired": [...], "vanished": [...], "failed_creates": [...], "orphans": [...],
-        "pruned": [...]}`` (pruned: spare warm-pool containers that ended).
-        """
-        report = {"expired": self._reap_expired(), "vanished": [], "failed_creates": [], "orphans": [], "pruned": []}
-        for row in self.store.stale_creating(time.time() - CREATE_GRACE_SECONDS):
-            if self.store.update(
-                row["sandbox_id"],
-                {"status": "failed", "stopped_at": time.time(), "stop_reason": "create did not finish"},
-                expect_status=("creating",),
-            ):
-                self.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
-                report["failed_creates"].append(row["sandbox_id"])
-        for row in self.store.select(include_stopped=False):
-            if row["status"] in ("active", "paused"):
-                verified, seen = self._verify(row)
-                if verified and seen == "stopped":
-                    report["vanished"].append(row["sandbox_id"])
-        providers = {row["provider"] for row in self.store.select(include_stopped=True)} | {"local"}
-        providers |= set(self._providers)  # e.g. a Docker provider holding only a warm pool
-        for name in sorted(providers):
-            try:
-                backend = self.provider(name)
-                # Resources first, rows second: a box created in between has its row already.
-                held = backend.box_ids()
-            except SandboxError:
-                continue
-            for orphan in sorted(held - self.store.live_ids(name)):
-                backend.destroy(orphan, {})
-                report["orphans"].append(orphan)
-            report["pruned"] += backend.prune()
-        return report
+        """One housekeeping pass over every user's sandboxes (see ``SandboxService.reap``)."""
+        return self.service.reap()
 
     # ---- files
-    @staticmethod
-    def max_file_bytes() -> int:
-        """The largest file a read or download takes from a box: ``NEXUS_MAX_FILE_MB`` MiB (default 256)."""
-        raw = os.environ.get("NEXUS_MAX_FILE_MB", "").strip()
-        if not raw:
-            return DEFAULT_MAX_FILE_MB << 20
-        return whole_number(raw, "NEXUS_MAX_FILE_MB", 1, 1 << 20) << 20
-
-    def _file_target(self, sandbox_id: str) -> tuple[dict, Provider]:
-        self._reap_expired()
-        row = self._resolve(sandbox_id)
-        self._require_active(row)
-        self._touch(row)
-        return row, self.provider(row["provider"])
-
-    @contextmanager
-    def _file_errors(self, row: dict, backend: Provider, verb: str, path: str):
-        """One message shape for every file operation's failures (an unreachable box as for runs)."""
-        try:
-            yield
-        except AgentUnreachable as exc:
-            raise self._unreachable(row, backend, exc) from None
-        except SandboxError as exc:
-            raise SandboxError(f"cannot {verb} {path}: {exc}") from None
-
     def sandbox_write_file(self, sandbox_id: str, path: str, content: bytes | str | IO[bytes]) -> dict:
         """Write ``content`` to ``path`` (relative to the sandbox home); returns ``{"path", "size"}``."""
-        path = check_path(path)
-        if isinstance(content, str):
-            content = content.encode("utf-8")
-        row, backend = self._file_target(sandbox_id)
-        with self._file_errors(row, backend, "write", path):
-            done = backend.write_file(row["sandbox_id"], row["provider_state"], path, content)
-        return {"path": done["path"], "size": done["size"]}
+        return self.service.write_file(self.caller, sandbox_id, path, content)
 
     def sandbox_upload_file(self, sandbox_id: str, local_path: str | Path, path: str | None = None) -> dict:
         """Copy a local file into the sandbox (streamed); returns ``{"path", "size"}``."""
-        local = Path(local_path)
-        try:
-            source = open(local, "rb")
-        except OSError as exc:
-            raise InvalidArgument(f"cannot read {local}: {exc.strerror}") from None
-        with source:
-            return self.sandbox_write_file(sandbox_id, path or local.name, source)
+        return self.service.upload_file(self.caller, sandbox_id, local_path, path)
 
     def sandbox_read_file_chunks(self, sandbox_id: str, path: str) -> Iterator[bytes]:
         """The file's bytes in chunks, without holding it whole."""
-        path = check_path(path)
-        limit = self.max_file_bytes()
-        row, backend = self._file_target(sandbox_id)
-        with self._file_errors(row, backend, "read", path):
-            yield from backend.read_file_chunks(row["sandbox_id"], row["provider_state"], path, limit)
+        return self.service.read_file_chunks(self.caller, sandbox_id, path)
 
     def sandbox_read_file(self, sandbox_id: str, path: str) -> bytes:
         """The whole file's bytes."""
-        return b"".join(self.sandbox_read_file_chunks(sandbox_id, path))
+        return self.service.read_file(self.caller, sandbox_id, path)
 
     def sandbox_download_file(self, sandbox_id: str, path: str, local_path: str | Path) -> dict:
         """Copy a file out of the sandbox (streamed); returns ``{"path", "size"}`` of the local file.
 
-        The local file appears only once the copy is complete, replacing what was
-        there (a symlink is replaced, never followed); a copy that fails or is
-        killed leaves nothing behind.
+        The local file appears only once the copy is complete (a symlink there is
+        replaced, never followed); a copy that fails or is killed leaves nothing behind.
         """
-        local = Path(local_path)
-        size = 0
-        try:
-            from .atomic_file import AtomicFile  # tempfile and secrets: only for downloads
-
-            with AtomicFile(local) as target:
-                for chunk in self.sandbox_read_file_chunks(sandbox_id, path):
-                    target.write(chunk)
-                    size += len(chunk)
-        except OSError as exc:
-            raise InvalidArgument(f"cannot write {local}: {exc.strerror or exc}") from None
-        return {"path": str(local), "size": size}
+        return self.service.download_file(self.caller, sandbox_id, path, local_path)
 
     def sandbox_list_files(self, sandbox_id: str, path: str = ".") -> list[dict]:
         """Entries of a directory: name, path, type (file/dir/symlink), size, modified."""
-        path = check_path(path)
-        row, backend = self._file_target(sandbox_id)
-        with self._file_errors(row, backend, "list", path):
-            return backend.list_files(row["sandbox_id"], row["provider_state"], path)["entries"]
+        return [entry.to_dict() for entry in self.service.list_files(self.caller, sandbox_id, path)]
 
-
-def _new_sandbox_id() -> str:
-    import secrets  # here, not at the top: hmac and hashlib cost every CLI call a few ms
-
-    return "sb_" + "".join(secrets.choice(ID_ALPHABET) for _ in range(16))
+    @staticmethod
+    def max_file_bytes() -> int:
+        return SandboxService.max_file_bytes()

@@ -13,9 +13,7 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +22,6 @@ from .errors import StoreError
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_SECONDS = 30.0
 
-# The 15 fields of a sandbox record, in the order the seed documents them.
-RECORD_FIELDS = (
-    "sandbox_id",
-    "name",
-    "user_id",
-    "agent_id",
-    "tenant_id",
-    "provider",
-    "template_id",
-    "status",
-    "created_at",
-    "last_active_at",
-    "paused_at",
-    "stopped_at",
-    "ttl_minutes",
-    "expires_at",
-    "uptime_seconds",
-)
-TIME_FIELDS = ("created_at", "last_active_at", "paused_at", "stopped_at", "expires_at")
 JSON_FIELDS = ("options", "provider_state")
 LIVE_STATUSES = ("creating", "active", "paused")
 
@@ -55,25 +34,6 @@ def default_data_dir() -> Path:
         return Path(os.environ["JUPYTER_DATA_DIR"]).expanduser() / "nexus"
     xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(xdg) / "jupyter" / "nexus"
-
-
-def iso(timestamp: float | None) -> str | None:
-    """UTC, seconds precision, no offset: the seed's format (``2025-11-03T01:03:40``)."""
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def to_record(row: dict, now: float | None = None) -> dict:
-    """The public, seed-format dict for a stored row."""
-    now = time.time() if now is None else now
-    end = row["stopped_at"] if row["stopped_at"] is not None else now
-    record = {field: row.get(field) for field in RECORD_FIELDS}
-    for field in TIME_FIELDS:
-        record[field] = iso(row[field])
-    record["status"] = "stopped" if row["status"] == "failed" else row["status"]
-    record["uptime_seconds"] = round(max(end - row["created_at"], 0.0), 3)
-    return record
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

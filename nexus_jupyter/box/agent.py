@@ -281,6 +281,8 @@ class Connection:
         path = request.get("path") or "."
         if "\0" in path:
             raise ValueError("path contains a NUL byte")
+        if path.rstrip("/") == ".":
+            return self.config.workdir  # its entries are "/home/user/a.txt", not "/home/user/./a.txt"
         return os.path.join(self.config.workdir, path)
 
     def op_files_write(self, request):

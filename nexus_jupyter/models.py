@@ -1,0 +1,187 @@
+"""The typed results of the sandbox service: the schema of the Python API, the CLI's
+``--json``, the REST API and the sidebar's TypeScript types.
+
+Each model's ``to_dict()`` is exactly the JSON that front end shows (the seed's
+15-field record, a run's stdout/stderr/exit_code/execution_time/results/error,
+a file entry), so a front end never shapes a dict of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from enum import Enum
+
+
+class SandboxStatus(str, Enum):
+    """A sandbox's state as every front end shows it (a failed create shows as stopped)."""
+
+    CREATING = "creating"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+    @property
+    def is_live(self) -> bool:
+        return self is not SandboxStatus.STOPPED
+
+
+def iso(timestamp: float | None) -> str | None:
+    """UTC, seconds precision, no offset: the seed's format (``2025-11-03T01:03:40``)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """One sandbox's record (times are Unix seconds here, ISO strings in ``to_dict``)."""
+
+    sandbox_id: str
+    name: str
+    user_id: str
+    agent_id: str | None
+    tenant_id: str
+    provider: str
+    template_id: str | None
+    status: SandboxStatus
+    created_at: float
+    last_active_at: float | None
+    paused_at: float | None
+    stopped_at: float | None
+    ttl_minutes: int
+    expires_at: float | None
+    uptime_seconds: float
+    # With ``list --verify``: whether the provider confirmed the status, and what it sees.
+    verified: bool | None = None
+    provider_status: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict, now: float) -> Sandbox:
+        """The record of a stored row, its uptime counted to ``now`` (or to its stop)."""
+        end = row["stopped_at"] if row["stopped_at"] is not None else now
+        return cls(
+            sandbox_id=row["sandbox_id"],
+            name=row["name"],
+            user_id=row["user_id"],
+            agent_id=row.get("agent_id"),
+            tenant_id=row["tenant_id"],
+            provider=row["provider"],
+            template_id=row.get("template_id"),
+            status=SandboxStatus.STOPPED if row["status"] == "failed" else SandboxStatus(row["status"]),
+            created_at=row["created_at"],
+            last_active_at=row.get("last_active_at"),
+            paused_at=row.get("paused_at"),
+            stopped_at=row.get("stopped_at"),
+            ttl_minutes=row["ttl_minutes"],
+            expires_at=row.get("expires_at"),
+            uptime_seconds=round(max(end - row["created_at"], 0.0), 3),
+        )
+
+    def verified_as(self, verified: bool, provider_status: str | None) -> Sandbox:
+        return replace(self, verified=verified, provider_status=provider_status)
+
+    def to_dict(self) -> dict:
+        """The seed's 15 fields, in its order, times in its format (17 once verified)."""
+        record = {
+            "sandbox_id": self.sandbox_id,
+            "name": self.name,
+            "user_id": self.user_id,
+            "agent_id": self.agent_id,
+            "tenant_id": self.tenant_id,
+            "provider": self.provider,
+            "template_id": self.template_id,
+            "status": self.status.value,
+            "created_at": iso(self.created_at),
+            "last_active_at": iso(self.last_active_at),
+            "paused_at": iso(self.paused_at),
+            "stopped_at": iso(self.stopped_at),
+            "ttl_minutes": self.ttl_minutes,
+            "expires_at": iso(self.expires_at),
+            "uptime_seconds": self.uptime_seconds,
+        }
+        if self.verified is not None:
+            record["verified"] = self.verified
+            record["provider_status"] = self.provider_status
+        return record
+
+
+@dataclass(frozen=True)
+class RichOutput:
+    """A display output or the cell's value: a MIME bundle (``text/plain``, ``image/png``...)."""
+
+    data: dict
+    metadata: dict = field(default_factory=dict)
+    is_main_result: bool = False  # the value of the cell's last expression
+
+    @classmethod
+    def from_dict(cls, value: dict) -> RichOutput:
+        return cls(value["data"], value.get("metadata") or {}, bool(value.get("is_main_result")))
+
+    def to_dict(self) -> dict:
+        return {"data": self.data, "metadata": self.metadata, "is_main_result": self.is_main_result}
+
+
+@dataclass(frozen=True)
+class RunError:
+    """The exception a Python cell ended with."""
+
+    name: str
+    value: str
+    traceback: list[str]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "value": self.value, "traceback": self.traceback}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced.  ``results`` and ``error`` are a stateful Python cell's."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    execution_time: float
+    results: list[RichOutput] = field(default_factory=list)
+    error: RunError | None = None
+
+    @classmethod
+    def from_outcome(cls, outcome: dict) -> RunResult:
+        """From what a provider's ``run``/``execute`` returned."""
+        error = outcome.get("error")
+        return cls(
+            stdout=outcome["stdout"],
+            stderr=outcome["stderr"],
+            exit_code=outcome["exit_code"],
+            execution_time=outcome["execution_time"],
+            results=[RichOutput.from_dict(r) for r in outcome.get("results") or []],
+            error=RunError(error["name"], error["value"], list(error["traceback"])) if error else None,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "exit_code": self.exit_code,
+            "execution_time": self.execution_time,
+            "results": [result.to_dict() for result in self.results],
+            "error": self.error.to_dict() if self.error else None,
+        }
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry of a directory listing (``modified``: Unix seconds)."""
+
+    name: str
+    path: str
+    type: str  # file, dir or symlink
+    size: int
+    modified: float
+
+    @classmethod
+    def from_dict(cls, value: dict) -> FileEntry:
+        return cls(value["name"], value["path"], value["type"], value["size"], value["modified"])
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": self.path, "type": self.type, "size": self.size, "modified": self.modified}

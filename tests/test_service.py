@@ -1,0 +1,58 @@
+"""One long-lived service, the caller passed per call: what a server hosting many users relies on."""
+
+from __future__ import annotations
+
+import pytest
+
+from nexus_jupyter import InvalidArgument, SandboxManager, SandboxNotFound
+from nexus_jupyter.models import FileEntry, RunResult, Sandbox, SandboxStatus
+from nexus_jupyter.service import Caller, SandboxService
+
+
+@pytest.fixture
+def service(data_dir, provider) -> SandboxService:
+    return SandboxService(data_dir, default_provider=provider)
+
+
+def test_one_service_serves_many_callers_each_seeing_only_their_own(service):
+    alice, bob, admin = Caller("alice"), Caller("bob"), Caller("ops", is_admin=True)
+    mine = service.create(alice, "alice-box")
+    backend = service.provider(mine.provider)
+    theirs = service.create(bob, "bob-box")
+    assert isinstance(mine, Sandbox) and mine.status is SandboxStatus.ACTIVE and mine.user_id == "alice"
+    assert service.provider(mine.provider) is backend  # providers (clients, pools) live with the service
+    assert [s.sandbox_id for s in service.list_sandboxes(alice)] == [mine.sandbox_id]
+    assert {s.sandbox_id for s in service.list_sandboxes(admin, {"user": "bob"})} == {theirs.sandbox_id}
+    with pytest.raises(SandboxNotFound):
+        service.run(bob, mine.sandbox_id, "python", "print('not yours')")
+    with pytest.raises(SandboxNotFound):
+        service.stop(bob, mine.sandbox_id)
+    result = service.run(alice, mine.sandbox_id, "python", "x = 41\nx + 1")
+    assert isinstance(result, RunResult) and result.exit_code == 0
+    assert [r.data["text/plain"] for r in result.results if r.is_main_result] == ["42"]
+    service.write_file(alice, mine.sandbox_id, "notes.txt", "hi")
+    [entry] = [e for e in service.list_files(alice, mine.sandbox_id) if e.name == "notes.txt"]
+    assert isinstance(entry, FileEntry) and entry.path == "/home/user/notes.txt" and entry.size == 2
+    assert service.stop(admin, theirs.sandbox_id).status is SandboxStatus.STOPPED
+    assert service.stop(alice, mine.sandbox_id).status is SandboxStatus.STOPPED
+
+
+def test_a_manager_is_the_service_bound_to_one_caller_with_the_seeds_dicts(service, data_dir):
+    alice = SandboxManager(service=service, user_id="alice")
+    bob = SandboxManager(service=service, user_id="bob")
+    assert alice.store is bob.store is service.store
+    record = alice.sandbox_create("shared-service")
+    assert record == service.status(Caller("alice"), record["sandbox_id"]).to_dict()
+    assert bob.sandbox_list()["sandboxes"] == []
+    run = alice.sandbox_run(record["sandbox_id"], "python", "1/0")
+    assert list(run) == ["stdout", "stderr", "exit_code", "execution_time", "results", "error"]
+    assert run["error"]["name"] == "ZeroDivisionError"
+    # a manager built the usual way, in another process's manner, sees the same sandbox
+    assert SandboxManager(data_dir, user_id="alice").sandbox_status(record["sandbox_id"])["status"] == "active"
+    alice.sandbox_stop(record["sandbox_id"])
+
+
+@pytest.mark.parametrize("user", ["", "   ", None])
+def test_a_caller_needs_a_user(user):
+    with pytest.raises(InvalidArgument, match="a user id is required"):
+        Caller(user)
