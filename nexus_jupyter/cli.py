@@ -269,6 +269,32 @@ sandbox.command("stop", help="Stop and destroy a sandbox and all its data.")(
 
 
 @sandbox.command()
+@click.argument("sandbox_id")
+@json_option
+def metrics(sandbox_id, as_json):
+    """What a sandbox uses now: CPU time, memory, processes, disk."""
+    usage = _manager().sandbox_metrics(sandbox_id)
+    if as_json:
+        _print_json(usage)
+        return
+
+    def mib(value) -> str:
+        return "-" if value is None else f"{value / (1 << 20):.1f} MiB"
+
+    cpu = "-" if usage["cpu_seconds"] is None else f"{usage['cpu_seconds']:.2f} s"
+    rows = [
+        ("CPU time", cpu),
+        ("Memory", f"{mib(usage['memory_bytes'])} of {mib(usage['memory_limit_bytes'])}"),
+        ("Memory peak", mib(usage["memory_peak_bytes"])),
+        ("Processes", "-" if usage["processes"] is None else str(usage["processes"])),
+        ("Disk", f"{mib(usage['disk_used_bytes'])} of {mib(usage['disk_limit_bytes'])}"),
+    ]
+    click.echo(f"Sandbox {usage['sandbox_id']}")
+    for label, value in rows:
+        click.echo(f"  {label + ':':<13}{value}")
+
+
+@sandbox.command()
 @json_option
 def reap(as_json):
     """Stop expired sandboxes, fix vanished ones and destroy orphans (one pass)."""

@@ -176,6 +176,11 @@ class SandboxManager:
         records = self.service.list_sandboxes(self.caller, context, verify_status, include_stopped)
         return {"sandboxes": [record.to_dict() for record in records]}
 
+    def sandbox_metrics(self, sandbox_id: str) -> dict:
+        """What the sandbox uses now: cpu_seconds, memory_bytes, memory_peak_bytes,
+        memory_limit_bytes, processes, disk_used_bytes, disk_limit_bytes (None: not counted)."""
+        return self.service.metrics(self.caller, sandbox_id).to_dict()
+
     def reap(self) -> dict:
         """One housekeeping pass over every user's sandboxes (see ``SandboxService.reap``)."""
         return self.service.reap()

@@ -185,3 +185,50 @@ class FileEntry:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "type": self.type, "size": self.size, "modified": self.modified}
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What a sandbox uses now, as its provider counts it (None: not counted there)."""
+
+    sandbox_id: str
+    cpu_seconds: float | None  # since the box started
+    memory_bytes: int | None
+    memory_peak_bytes: int | None
+    memory_limit_bytes: int | None
+    processes: int | None
+    disk_used_bytes: int | None  # every file the box wrote (home, /tmp, /dev/shm)
+    disk_limit_bytes: int | None
+    measured_at: float
+
+    @classmethod
+    def from_usage(cls, sandbox_id: str, usage: dict, measured_at: float) -> Metrics:
+        def number(key: str):
+            value = usage.get(key)
+            return value if isinstance(value, (int, float)) and value >= 0 else None
+
+        cpu = number("cpu_seconds")
+        return cls(
+            sandbox_id=sandbox_id,
+            cpu_seconds=round(cpu, 3) if cpu is not None else None,
+            memory_bytes=number("memory_bytes"),
+            memory_peak_bytes=number("memory_peak_bytes"),
+            memory_limit_bytes=number("memory_limit_bytes"),
+            processes=number("processes"),
+            disk_used_bytes=number("disk_used_bytes"),
+            disk_limit_bytes=number("disk_limit_bytes"),
+            measured_at=measured_at,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "sandbox_id": self.sandbox_id,
+            "cpu_seconds": self.cpu_seconds,
+            "memory_bytes": self.memory_bytes,
+            "memory_peak_bytes": self.memory_peak_bytes,
+            "memory_limit_bytes": self.memory_limit_bytes,
+            "processes": self.processes,
+            "disk_used_bytes": self.disk_used_bytes,
+            "disk_limit_bytes": self.disk_limit_bytes,
+            "measured_at": iso(self.measured_at),
+        }

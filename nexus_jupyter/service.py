@@ -29,8 +29,9 @@ from .errors import (
     SandboxStateError,
     SandboxTimeout,
 )
-from .models import FileEntry, RunResult, Sandbox
+from .models import FileEntry, Metrics, RunResult, Sandbox
 from .providers.base import BoxSpec, Feature, OutputCallback, Provider, ResultCallback, provider_class
+from .reaper import Reaper
 from .store import LIVE_STATUSES, Store
 from .validation import (
     check_code,
@@ -51,8 +52,6 @@ DEFAULT_DISK_MB = 512
 # A box's files live in memory (tmpfs): they may use all of its memory limit but this.
 MEMORY_FOR_PROCESSES_MB = 128
 DEFAULT_MAX_FILE_MB = 256  # the largest file read or downloaded from a box (NEXUS_MAX_FILE_MB)
-# A box started but never marked active within this time is taken as a failed create.
-CREATE_GRACE_SECONDS = 120
 # The agent ends its box itself this long after the TTL, in case no reaper runs.
 AGENT_EXPIRY_GRACE_SECONDS = 60
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -95,6 +94,7 @@ class SandboxService:
         self.data_dir = self.store.data_dir
         self.default_provider = default_provider or os.environ.get("NEXUS_SANDBOX_PROVIDER") or "local"
         self._providers: dict[str, Provider] = {}
+        self.reaper = Reaper(self)
 
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
@@ -133,14 +133,20 @@ class SandboxService:
         if status != "active":
             raise SandboxStateError(f"Sandbox {row['sandbox_id']} is stopped")
 
-    # ---- TTL
-    def _reap_expired(self) -> list[str]:
-        """Stop every sandbox whose idle time ran out (any user's).  Cheap when none did."""
-        stopped = []
-        for row in self.store.expired(time.time()):
-            if self._stop_row(row, reason="expired"):
-                stopped.append(row["sandbox_id"])
-        return stopped
+    # ---- TTL and housekeeping (reaper.py)
+    def _reap_expired(self) -> None:
+        """Stop what expired before acting (cheap when nothing did)."""
+        self.reaper.expire()
+
+    def _expire_for_read(self) -> None:
+        """A read shows expired sandboxes as stopped at once, and leaves destroying their
+        boxes to a reaper in the background: it never waits on a container's removal."""
+        if self.reaper.expire(destroy=False):
+            self.reaper.reap_in_background()
+
+    def reap(self) -> dict:
+        """One housekeeping pass (see ``Reaper.reap``)."""
+        return self.reaper.reap()
 
     def _touch(self, row: dict, extra_seconds: float = 0.0) -> None:
         now = time.time()
@@ -352,7 +358,7 @@ class SandboxService:
         except SandboxError:
             gone = False
         if gone:
-            self._stop_row(row, reason="vanished")
+            self.reaper.stop_row(row, reason="vanished")
             return SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}")
         return SandboxStateError(f"Sandbox {row['sandbox_id']} did not answer: {exc}")
 
@@ -411,28 +417,17 @@ class SandboxService:
         """Destroy the sandbox and everything in it.  Stopping a stopped sandbox is not an error."""
         self._reap_expired()
         row = self._resolve(caller, sandbox_id)
-        if not self._stop_row(row, reason="stopped") and row["status"] not in LIVE_STATUSES:
+        if not self.reaper.stop_row(row, reason="stopped") and row["status"] not in LIVE_STATUSES:
             # Stopped already: finish the job if an earlier stop was killed before its box was gone.
             backend = self.provider(row["provider"])
             if backend.inspect(row["sandbox_id"], row["provider_state"]) != "stopped":
                 backend.destroy(row["sandbox_id"], row["provider_state"])
         return Sandbox.from_row(self.store.get(row["sandbox_id"]), time.time())
 
-    def _stop_row(self, row: dict, reason: str) -> bool:
-        """Mark stopped, then destroy (so a failed destroy leaves an orphan the reaper removes)."""
-        won = self.store.update(
-            row["sandbox_id"],
-            {"status": "stopped", "stopped_at": time.time(), "expires_at": None, "stop_reason": reason},
-            expect_status=LIVE_STATUSES,
-        )
-        if won or row["status"] in LIVE_STATUSES:
-            self.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
-        return won
-
     # ---- reading
     def status(self, caller: Caller, sandbox_id: str) -> Sandbox:
         """The sandbox's 15-field record."""
-        self._reap_expired()
+        self._expire_for_read()
         return Sandbox.from_row(self._resolve(caller, sandbox_id), time.time())
 
     def list_sandboxes(
@@ -452,7 +447,7 @@ class SandboxService:
         user = context.get("user") or context.get("user_id")
         if user is not None and user != caller.user_id and not caller.is_admin:
             raise PermissionDenied(f"only admins can list another user's sandboxes (you are {caller.user_id})")
-        self._reap_expired()
+        self._expire_for_read()
         rows = self.store.select(
             user_id=user or caller.user_id,
             agent_id=context.get("agent_id"),
@@ -461,85 +456,35 @@ class SandboxService:
         )
         now = time.time()
         records = []
+        vanished = False
         for row in rows:
             record = Sandbox.from_row(row, now)
             if verify_status:
-                verified, seen = self._verify(row)
+                verified, seen = self.reaper.verify(row, destroy=False)
                 record = record.verified_as(verified, seen)
+                vanished |= seen == "stopped" and row["status"] in ("active", "paused")
             records.append(record)
+        if vanished:
+            self.reaper.reap_in_background()  # what the vanished boxes left
         return records
 
-    def _verify(self, row: dict) -> tuple[bool, str | None]:
-        """Ask the provider what it holds; correct the row if the box vanished or froze.
-
-        A stopped row whose box is still there (a stop killed midway) reports what
-        the provider sees, unverified, until ``reap`` finishes the job."""
-        if row["status"] == "creating":
-            return True, "creating"
-        try:
-            seen = self.provider(row["provider"]).inspect(row["sandbox_id"], row["provider_state"])
-        except SandboxError:
-            return False, None
+    def metrics(self, caller: Caller, sandbox_id: str) -> Metrics:
+        """What a live sandbox uses now: CPU time, memory (now, peak, limit), processes, disk.
+        A read: it neither refreshes the idle timeout nor counts as use of the box."""
+        self._expire_for_read()
+        row = self._resolve(caller, sandbox_id)
         if row["status"] not in ("active", "paused"):
-            return seen == "stopped", seen
-        if seen == "stopped":
-            self._stop_row(row, reason="vanished")
-        elif seen != row["status"]:
-            if seen == "paused":
-                self.store.update(
-                    row["sandbox_id"],
-                    {"status": "paused", "paused_at": time.time(), "expires_at": None},
-                    expect_status=("active",),
-                )
-            else:
-                now = time.time()
-                self.store.update(
-                    row["sandbox_id"],
-                    {
-                        "status": "active",
-                        "paused_at": None,
-                        "last_active_at": now,
-                        "expires_at": now + row["ttl_minutes"] * 60,
-                    },
-                    expect_status=("paused",),
-                )
-        return True, seen
-
-    # ---- housekeeping
-    def reap(self) -> dict:
-        """One pass: stop expired sandboxes, fix vanished ones, destroy orphans.
-
-        Returns ``{"expired": [...], "vanished": [...], "failed_creates": [...], "orphans": [...],
-        "pruned": [...]}`` (pruned: spare warm-pool containers that ended).
-        """
-        report = {"expired": self._reap_expired(), "vanished": [], "failed_creates": [], "orphans": [], "pruned": []}
-        for row in self.store.stale_creating(time.time() - CREATE_GRACE_SECONDS):
-            if self.store.update(
-                row["sandbox_id"],
-                {"status": "failed", "stopped_at": time.time(), "stop_reason": "create did not finish"},
-                expect_status=("creating",),
-            ):
-                self.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
-                report["failed_creates"].append(row["sandbox_id"])
-        for row in self.store.select(include_stopped=False):
-            if row["status"] in ("active", "paused"):
-                verified, seen = self._verify(row)
-                if verified and seen == "stopped":
-                    report["vanished"].append(row["sandbox_id"])
-        providers = {row["provider"] for row in self.store.select(include_stopped=True)} | {"local"}
-        providers |= set(self._providers)  # e.g. a Docker provider holding only a warm pool
-        for name in sorted(providers):
-            try:
-                backend = self.provider(name)
-                # Resources first, rows second: a box created in between has its row already.
-                held = backend.box_ids()
-            except SandboxError:
-                continue
-            for orphan in sorted(held - self.store.live_ids(name)):
-                backend.destroy(orphan, {})
-                report["orphans"].append(orphan)
-            report["pruned"] += backend.prune()
-        return report
+            self._require_active(row)
+        backend = self.provider(row["provider"])
+        if not backend.supports(Feature.METRICS):
+            raise ProviderNotSupported(f"{backend.display_name} does not report metrics")
+        try:
+            usage = backend.metrics(row["sandbox_id"], row["provider_state"])
+        except OSError as exc:
+            raise SandboxStateError(
+                f"Sandbox {row['sandbox_id']} could not be measured: {exc.strerror or exc}"
+            ) from None
+        return Metrics.from_usage(row["sandbox_id"], usage, time.time())
 
     # ---- files
     @staticmethod

@@ -57,14 +57,19 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     # (a pool box per test would double the boxes on a 2-core machine): test_local_pool.py.
     monkeypatch.setenv("NEXUS_LOCAL_POOL_SIZE", "0")
     yield path
-    # Whatever a test left running is destroyed, so no box outlives its test.
-    if (path / "nexus.db").exists():
-        cleanup = SandboxManager(path, is_admin=True)
-        for row in cleanup.store.select(include_stopped=False):  # every user's
+    destroy_everything_in(path)
+
+
+def destroy_everything_in(data_dir: Path) -> None:
+    """Whatever a test left running is destroyed, so no box outlives its test: every user's
+    sandboxes, orphans, and the local warm pool (after waiting for a refill under way)."""
+    if (data_dir / "nexus.db").exists():
+        cleanup = SandboxManager(data_dir, is_admin=True)
+        for row in cleanup.store.select(include_stopped=False):
             cleanup.sandbox_stop(row["sandbox_id"])
         cleanup.reap()
-    if (path / "boxes" / "local").exists():
-        LocalProvider(path).pool.drain()  # after waiting for a refill under way
+    if (data_dir / "boxes" / "local").exists():
+        LocalProvider(data_dir).pool.drain()
 
 
 @pytest.fixture

@@ -282,3 +282,34 @@ def test_a_script_file_exits_with_its_own_status(nexus, tmp_path):
     script.write_text("import sys\nprint('checking', __file__)\nif __name__ == '__main__':\n    sys.exit(3)\n")
     run = nexus("sandbox", "run", sandbox, "-f", str(script))
     assert (run.returncode, run.stdout, run.stderr) == (3, "checking /home/user/check.py\n", "")
+
+
+def test_metrics_as_a_table_and_as_json(nexus):
+    sandbox = nexus("sandbox", "create", "measured", "--json").json()["sandbox_id"]
+    table = nexus("sandbox", "metrics", sandbox)
+    assert table.returncode == 0, table
+    lines = table.stdout.splitlines()
+    assert lines[0] == f"Sandbox {sandbox}"
+    assert [line.split(":")[0].strip() for line in lines[1:]] == [
+        "CPU time",
+        "Memory",
+        "Memory peak",
+        "Processes",
+        "Disk",
+    ]
+    assert "of 1024.0 MiB" in lines[2]
+    usage = nexus("sandbox", "metrics", sandbox, "--json").json()
+    assert list(usage) == [
+        "sandbox_id",
+        "cpu_seconds",
+        "memory_bytes",
+        "memory_peak_bytes",
+        "memory_limit_bytes",
+        "processes",
+        "disk_used_bytes",
+        "disk_limit_bytes",
+        "measured_at",
+    ]
+    nexus("sandbox", "stop", sandbox)
+    stopped = nexus("sandbox", "metrics", sandbox)
+    assert (stopped.returncode, stopped.stderr) == (1, f"Error: Sandbox {sandbox} is stopped\n")

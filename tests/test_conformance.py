@@ -290,3 +290,34 @@ def test_a_first_run_finds_the_runtime_started_with_the_box(nx):
     started = time.monotonic()
     assert nx.sandbox_run(sandbox, "python", "print(2 + 2)")["stdout"] == "4\n"
     assert time.monotonic() - started < 1.5  # no interpreter start left to wait for (~10 ms here)
+
+
+def test_metrics_count_what_the_code_uses(nx, sandbox):
+    before = nx.sandbox_metrics(sandbox)
+    assert before["sandbox_id"] == sandbox
+    assert before["memory_limit_bytes"] == 1024 << 20
+    assert before["processes"] >= 1 and before["memory_bytes"] > 0
+    busy = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end:\n    pass\n"
+    nx.sandbox_run(sandbox, "python", busy + "blob = b'x' * (200 << 20)")  # kept by the runtime
+    nx.sandbox_run(sandbox, "bash", "head -c 50000000 /dev/zero > ~/big.bin")
+    after = nx.sandbox_metrics(sandbox)
+    assert after["cpu_seconds"] >= before["cpu_seconds"] + 0.8
+    assert after["memory_bytes"] >= before["memory_bytes"] + (150 << 20)
+    assert after["memory_peak_bytes"] >= after["memory_bytes"]
+    # as root every file the box writes is in size-limited tmpfs the host can measure
+    assert after["disk_used_bytes"] >= before["disk_used_bytes"] + 45_000_000
+    assert after["disk_limit_bytes"] >= 256 << 20
+    # a read: the idle timeout does not restart
+    used = nx.store.get(sandbox)["last_active_at"]
+    nx.sandbox_metrics(sandbox)
+    assert nx.store.get(sandbox)["last_active_at"] == used
+    nx.sandbox_pause(sandbox)
+    assert nx.sandbox_metrics(sandbox)["memory_bytes"] >= 150 << 20  # a paused box keeps its memory
+    nx.sandbox_resume(sandbox)
+
+
+def test_metrics_of_a_stopped_sandbox_are_a_clear_error(nx):
+    sandbox = nx.sandbox_create("gone")["sandbox_id"]
+    nx.sandbox_stop(sandbox)
+    with pytest.raises(SandboxError, match=rf"^Sandbox {sandbox} is stopped$"):
+        nx.sandbox_metrics(sandbox)

@@ -16,7 +16,7 @@ import time
 import pytest
 from jupyter_client.manager import KernelManager
 
-from conftest import PROVIDERS, host_processes_matching
+from conftest import PROVIDERS, destroy_everything_in, host_processes_matching
 
 
 class Cell:
@@ -89,6 +89,7 @@ def notebook(request, tmp_path_factory):
     )
     client.stop_channels()
     manager.shutdown_kernel(now=True)
+    destroy_everything_in(data_dir)  # the warm pool the kernel kept too (on, as for a user)
 
 
 def current_sandbox(client) -> str:

@@ -30,6 +30,7 @@ def outputs(cell) -> tuple[str, list[dict]]:
 @pytest.fixture
 def workdir(tmp_path, data_dir, monkeypatch) -> Path:
     monkeypatch.setenv("NEXUS_SANDBOX_PROVIDER", "local")
+    monkeypatch.setenv("NEXUS_LOCAL_POOL_SIZE", "1")  # as for a user: the notebooks' sandboxes come warm
     return tmp_path
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import destroy_everything_in
 from nexus_jupyter import SandboxManager
 
 CHROMIUM = "/usr/bin/chromium"
@@ -65,9 +66,7 @@ def lab(tmp_path_factory):
     yield f"http://127.0.0.1:{port}", token, data_dir
     server.terminate()
     server.wait(30)
-    nx = SandboxManager(data_dir)
-    for record in nx.sandbox_list()["sandboxes"]:
-        nx.sandbox_stop(record["sandbox_id"])
+    destroy_everything_in(data_dir)  # the warm pool the kernel kept too (on, as for a user)
 
 
 @pytest.fixture

@@ -113,7 +113,14 @@ class AgentProvider(Provider):
     """A provider whose boxes run our agent: code, files and liveness go through it."""
 
     features = frozenset(
-        {Feature.PAUSE, Feature.FILES, Feature.STATEFUL_PYTHON, Feature.NETWORK_POLICY, Feature.LIMITS}
+        {
+            Feature.PAUSE,
+            Feature.FILES,
+            Feature.STATEFUL_PYTHON,
+            Feature.NETWORK_POLICY,
+            Feature.LIMITS,
+            Feature.METRICS,
+        }
     )
 
     def agent(self, sandbox_id: str, state: dict) -> AgentClient:

@@ -34,6 +34,7 @@ class Feature:
     NETWORK_POLICY = "network_policy"  # no network unless allowed
     LIMITS = "limits"  # memory, CPU and process limits as asked
     WARM_POOL = "warm_pool"  # boxes started ahead, handed out by create
+    METRICS = "metrics"  # CPU time, memory, processes and disk in use
 
 
 def process_start_time(pid: int) -> int | None:
@@ -63,6 +64,22 @@ def process_tree(root: int) -> list[int]:
             tree.append(child)
             todo.append(child)
     return tree
+
+
+def filesystem_usage(paths: list[str]) -> tuple[int | None, int | None]:
+    """(bytes used, bytes in all) of the filesystems under ``paths``, each counted once;
+    (None, None) if none can be read."""
+    seen: dict[int, tuple[int, int]] = {}
+    for path in paths:
+        try:
+            device = os.stat(path).st_dev
+            info = os.statvfs(path)
+        except OSError:
+            continue
+        seen[device] = ((info.f_blocks - info.f_bfree) * info.f_frsize, info.f_blocks * info.f_frsize)
+    if not seen:
+        return None, None
+    return sum(used for used, _ in seen.values()), sum(total for _, total in seen.values())
 
 
 def private_dir(path: Path) -> Path:
@@ -208,6 +225,12 @@ class Provider(ABC):
 
     def list_files(self, sandbox_id: str, state: dict, path: str) -> dict:
         raise ProviderNotSupported(f"the {self.display_name} provider cannot list files")
+
+    def metrics(self, sandbox_id: str, state: dict) -> dict:
+        """What the box uses now (with Feature.METRICS): cpu_seconds, memory_bytes,
+        memory_peak_bytes, memory_limit_bytes, processes, disk_used_bytes,
+        disk_limit_bytes; None for what this provider cannot count."""
+        raise ProviderNotSupported(f"the {self.display_name} provider has no metrics")
 
     # ---- housekeeping and machine facts
     def prune(self) -> list[str]:

@@ -17,6 +17,9 @@ from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "freezer", "cpu")
+# Where cpu and cpuacct are separate v1 hierarchies (as on this project's CI), a box
+# joins cpuacct too, for its CPU time (metrics); without it the box still works.
+V1_OPTIONAL = ("cpuacct",)
 CPU_PERIOD_US = 100_000
 
 
@@ -49,6 +52,16 @@ class Cgroups:
     def __init__(self, version: int, group: str):
         self.version = version
         self.group = group
+        self.controllers: tuple[str, ...] = V1_CONTROLLERS
+        if version == 1:
+            separate = [
+                c
+                for c in V1_OPTIONAL
+                if (CGROUP_ROOT / c).is_dir()
+                and not (CGROUP_ROOT / "cpu" / f"{c}.usage").exists()
+                and os.access(CGROUP_ROOT / c, os.W_OK)
+            ]
+            self.controllers = V1_CONTROLLERS + tuple(separate)
 
     @classmethod
     def detect(cls, data_dir: Path) -> tuple[Cgroups | None, str]:
@@ -75,7 +88,7 @@ class Cgroups:
     def _parents(self) -> list[Path]:
         if self.version == 2:
             return [CGROUP_ROOT / self.group]
-        return [CGROUP_ROOT / c / self.group for c in V1_CONTROLLERS]
+        return [CGROUP_ROOT / c / self.group for c in self.controllers]
 
     def _dir(self, controller: str, box_id: str) -> Path:
         if self.version == 2:
@@ -96,7 +109,7 @@ class Cgroups:
         """The files a process writes its pid to, to join the box's groups."""
         if self.version == 2:
             return [str(self._dir("", box_id) / "cgroup.procs")]
-        return [str(self._dir(c, box_id) / "cgroup.procs") for c in V1_CONTROLLERS]
+        return [str(self._dir(c, box_id) / "cgroup.procs") for c in self.controllers]
 
     # ---- lifecycle
     def create(self, box_id: str, memory_bytes: int, max_processes: int, cpus: float, background: bool = False) -> None:
@@ -117,7 +130,7 @@ class Cgroups:
         if self.version == 2:
             self._dir("", box_id).mkdir(exist_ok=True)
         else:
-            for controller in V1_CONTROLLERS:
+            for controller in self.controllers:
                 self._dir(controller, box_id).mkdir(exist_ok=True)
         self.set_limits(box_id, memory_bytes, max_processes, cpus)
 
@@ -194,6 +207,40 @@ class Cgroups:
         except FileNotFoundError:
             return "THAWED"
 
+    def usage(self, box_id: str) -> dict:
+        """What the box uses now: ``cpu_seconds`` (since it started), ``memory_bytes``,
+        ``memory_peak_bytes``, ``memory_limit_bytes``, ``processes``; None for what this
+        kernel does not count."""
+
+        def number(controller: str, name: str, key: str | None = None) -> int | None:
+            try:
+                text = _read(self._dir(controller, box_id) / name)
+            except OSError:
+                return None
+            if key is not None:
+                fields = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+                text = fields.get(key, "")
+            text = text.strip()
+            return int(text) if text.isdigit() else None
+
+        if self.version == 2:
+            cpu_us = number("", "cpu.stat", "usage_usec")
+            return {
+                "cpu_seconds": cpu_us / 1e6 if cpu_us is not None else None,
+                "memory_bytes": number("", "memory.current"),
+                "memory_peak_bytes": number("", "memory.peak"),
+                "memory_limit_bytes": number("", "memory.max"),
+                "processes": number("", "pids.current"),
+            }
+        cpu_ns = number("cpuacct" if "cpuacct" in self.controllers else "cpu", "cpuacct.usage")
+        return {
+            "cpu_seconds": cpu_ns / 1e9 if cpu_ns is not None else None,
+            "memory_bytes": number("memory", "memory.usage_in_bytes"),
+            "memory_peak_bytes": number("memory", "memory.max_usage_in_bytes"),
+            "memory_limit_bytes": number("memory", "memory.limit_in_bytes"),
+            "processes": number("pids", "pids.current"),
+        }
+
     def oom_kills(self, box_id: str) -> int:
         name = "memory.events" if self.version == 2 else "memory.oom_control"
         try:
@@ -232,7 +279,7 @@ class Cgroups:
                 time.sleep(0.002)
 
     def remove(self, box_id: str) -> None:
-        controllers = [""] if self.version == 2 else V1_CONTROLLERS
+        controllers = [""] if self.version == 2 else self.controllers
         for controller in controllers:
             path = self._dir(controller, box_id)
             for _ in range(200):

@@ -41,7 +41,7 @@ from .agent_box import (
     box_environment,
     box_host_uid,
 )
-from .base import BoxSpec, Feature, pool_size_setting, private_dir, process_tree
+from .base import BoxSpec, Feature, filesystem_usage, pool_size_setting, private_dir, process_tree
 from .docker_relay import connect_through_exec, send_config_through_attach
 
 DEFAULT_IMAGE = "nexus-jupyter-sandbox:latest"
@@ -536,6 +536,32 @@ class DockerProvider(AgentProvider):
         if container is None:
             return "stopped"
         return STATUS.get(container.status, "stopped")
+
+    def metrics(self, sandbox_id: str, state: dict) -> dict:
+        container = self._container(sandbox_id, state)
+        if container is None:
+            return {}
+        try:
+            stats = container.stats(stream=False, one_shot=True)  # one sample: no second's wait
+        except TypeError:  # a docker SDK without one_shot
+            stats = container.stats(stream=False)
+        memory = stats.get("memory_stats") or {}
+        cpu = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+        usage = {
+            "cpu_seconds": cpu / 1e9 if isinstance(cpu, int) else None,
+            "memory_bytes": memory.get("usage"),
+            "memory_peak_bytes": memory.get("max_usage"),
+            "memory_limit_bytes": memory.get("limit"),
+            "processes": (stats.get("pids_stats") or {}).get("current"),
+        }
+        pids = self.host_pids(sandbox_id, state)
+        if pids and os.geteuid() == 0:
+            # The container's own tmpfs mounts, seen through its init's root (a local engine, as root).
+            root = f"/proc/{pids[0]}/root"
+            usage["disk_used_bytes"], usage["disk_limit_bytes"] = filesystem_usage(
+                [root + BOX_HOME, root + "/tmp", root + "/dev/shm"]
+            )
+        return usage
 
     def host_pids(self, sandbox_id: str, state: dict) -> list[int]:
         container = self._container(sandbox_id, state)

@@ -36,6 +36,7 @@ from .agent_box import (
 from .base import (
     BoxSpec,
     Feature,
+    filesystem_usage,
     pool_size_setting,
     private_dir,
     process_start_time,
@@ -432,6 +433,19 @@ class LocalProvider(AgentProvider):
         except OSError:
             return "stopped"
         return "paused" if process_state == b"T" else "active"
+
+    def metrics(self, sandbox_id: str, state: dict) -> dict:
+        cgroups, group = self.cgroups, self._group(sandbox_id, state)
+        usage: dict = {}
+        if cgroups is not None and cgroups.exists(group):
+            usage = cgroups.usage(group)
+        else:  # rlimits only: the box's processes, counted on the host
+            usage = {"processes": max(len(self.host_pids(sandbox_id, state)) - 1, 0)}
+        if state.get("tmpfs"):  # as root: every file the box writes is in this one tmpfs
+            usage["disk_used_bytes"], usage["disk_limit_bytes"] = filesystem_usage(
+                [str(self.box_dir(sandbox_id) / "fs")]
+            )
+        return usage
 
     def host_pids(self, sandbox_id: str, state: dict) -> list[int]:
         outer = self._box_pid(sandbox_id)

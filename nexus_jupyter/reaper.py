@@ -1,0 +1,196 @@
+"""Reaping, in one place: what ended is found and cleaned up.
+
+Sandboxes whose idle time ran out are stopped, boxes that vanished behind our
+back have their rows marked stopped, creates that never finished are failed,
+boxes with no live row (orphans) are destroyed, and what warm pools left is
+pruned.  Every call checks expiry cheaply (``expire``); a full pass (``reap``)
+runs in the Jupyter server's loop, by ``nexus sandbox reap``, and in the
+background after a read marked something: a read (a listing, a status, the
+panel's refresh) marks rows but never waits on destroying a box.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import SandboxError
+from .store import LIVE_STATUSES
+
+if TYPE_CHECKING:
+    from .service import SandboxService
+
+# A box started but never marked active within this time is taken as a failed create.
+CREATE_GRACE_SECONDS = 120
+
+
+class Reaper:
+    """The housekeeping of one service's store and providers."""
+
+    def __init__(self, service: SandboxService):
+        self.service = service
+        self.store = service.store
+
+    # ---- expiry: every call
+    def expire(self, destroy: bool = True) -> list[str]:
+        """Stop every sandbox whose idle time ran out (any user's); returns their ids.
+        ``destroy=False`` marks the rows only (their boxes become orphans for ``reap``)."""
+        stopped = []
+        for row in self.store.expired(time.time()):
+            if self.stop_row(row, reason="expired", destroy=destroy):
+                stopped.append(row["sandbox_id"])
+        return stopped
+
+    def stop_row(self, row: dict, reason: str, destroy: bool = True) -> bool:
+        """Mark stopped, then destroy (so a failed destroy leaves an orphan the reaper removes);
+        True if this call stopped it.  ``destroy=False`` leaves the box to ``reap``."""
+        won = self.store.update(
+            row["sandbox_id"],
+            {"status": "stopped", "stopped_at": time.time(), "expires_at": None, "stop_reason": reason},
+            expect_status=LIVE_STATUSES,
+        )
+        if destroy and (won or row["status"] in LIVE_STATUSES):
+            self.service.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
+        return won
+
+    def verify(self, row: dict, destroy: bool = True) -> tuple[bool, str | None]:
+        """Ask the provider what it holds; correct the row if the box vanished or froze.
+
+        A stopped row whose box is still there (a stop killed midway) reports what
+        the provider sees, unverified, until ``reap`` finishes the job."""
+        if row["status"] == "creating":
+            return True, "creating"
+        try:
+            seen = self.service.provider(row["provider"]).inspect(row["sandbox_id"], row["provider_state"])
+        except SandboxError:
+            return False, None
+        if row["status"] not in ("active", "paused"):
+            return seen == "stopped", seen
+        if seen == "stopped":
+            self.stop_row(row, reason="vanished", destroy=destroy)
+        elif seen != row["status"]:
+            if seen == "paused":
+                self.store.update(
+                    row["sandbox_id"],
+                    {"status": "paused", "paused_at": time.time(), "expires_at": None},
+                    expect_status=("active",),
+                )
+            else:
+                now = time.time()
+                self.store.update(
+                    row["sandbox_id"],
+                    {
+                        "status": "active",
+                        "paused_at": None,
+                        "last_active_at": now,
+                        "expires_at": now + row["ttl_minutes"] * 60,
+                    },
+                    expect_status=("paused",),
+                )
+        return True, seen
+
+    # ---- the full pass
+    def reap(self) -> dict:
+        """One pass: stop expired sandboxes, fix vanished ones, destroy orphans.
+
+        Returns ``{"expired": [...], "vanished": [...], "failed_creates": [...], "orphans": [...],
+        "pruned": [...]}`` (pruned: spare warm-pool containers that ended).
+        """
+        report = {"expired": self.expire(), "vanished": [], "failed_creates": [], "orphans": [], "pruned": []}
+        for row in self.store.stale_creating(time.time() - CREATE_GRACE_SECONDS):
+            if self.store.update(
+                row["sandbox_id"],
+                {"status": "failed", "stopped_at": time.time(), "stop_reason": "create did not finish"},
+                expect_status=("creating",),
+            ):
+                self.service.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
+                report["failed_creates"].append(row["sandbox_id"])
+        for row in self.store.select(include_stopped=False):
+            if row["status"] in ("active", "paused"):
+                verified, seen = self.verify(row)
+                if verified and seen == "stopped":
+                    report["vanished"].append(row["sandbox_id"])
+        providers = {row["provider"] for row in self.store.select(include_stopped=True)} | {"local"}
+        providers |= set(self.service._providers)  # e.g. a Docker provider holding only a warm pool
+        for name in sorted(providers):
+            try:
+                backend = self.service.provider(name)
+                # Resources first, rows second: a box created in between has its row already.
+                held = backend.box_ids()
+            except SandboxError:
+                continue
+            for orphan in sorted(held - self.store.live_ids(name)):
+                backend.destroy(orphan, {})
+                report["orphans"].append(orphan)
+            report["pruned"] += backend.prune()
+        return report
+
+    # ---- in the background
+    def reap_in_background(self) -> None:
+        """A full pass in a detached process (a CLI call returns at once; it outlives it).
+
+        A pass asked for while one runs is not lost: the request is a file the running
+        pass looks for before it ends, and it goes round again.
+        """
+        pending = self.store.data_dir / "reap.pending"
+        os.close(os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        lock = os.open(self.store.data_dir / "reap.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if not _try_lock(lock):
+                return  # the pass under way will go round again
+            package_parent = str(Path(__file__).resolve().parent.parent)
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+            subprocess.Popen(
+                [sys.executable, "-m", __name__, str(self.store.data_dir), str(lock)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(lock,),
+                start_new_session=True,
+                env=env,
+            )
+        except OSError:
+            pass  # the next call's expiry check, or the server's pass, does it
+        finally:
+            os.close(lock)  # the child's copy keeps the lock
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+
+
+def main(argv: list[str]) -> int:
+    """The background pass: ``python -m nexus_jupyter.reaper DATA_DIR LOCK_FD`` (the lock held)."""
+    from .service import SandboxService
+
+    service = SandboxService(Path(argv[0]))
+    pending = service.store.data_dir / "reap.pending"
+    try:
+        for _ in range(10):
+            try:
+                pending.unlink()
+            except FileNotFoundError:
+                break
+            service.reap()
+    except SandboxError:
+        return 1
+    finally:
+        os.close(int(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
