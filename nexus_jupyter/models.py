@@ -4,13 +4,17 @@
 Each model's ``to_dict()`` is exactly the JSON that front end shows (the seed's
 15-field record, a run's stdout/stderr/exit_code/execution_time/results/error,
 a file entry), so a front end never shapes a dict of its own.
+
+The models are plain immutable classes, not dataclasses: making six dataclasses
+costs every CLI call ~10 ms on a small machine (each generates and compiles its
+methods at import).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
+from typing import ClassVar
 
 
 class SandboxStatus(str, Enum):
@@ -26,6 +30,42 @@ class SandboxStatus(str, Enum):
         return self is not SandboxStatus.STOPPED
 
 
+class _Model:
+    """Fields from ``__slots__``, given by name (``_defaults`` for those that may be left
+    out); immutable; compared and shown field by field."""
+
+    __slots__: tuple[str, ...] = ()
+    _defaults: ClassVar[dict] = {}
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            if name in fields:
+                value = fields.pop(name)
+            elif name in self._defaults:
+                default = self._defaults[name]
+                value = default() if callable(default) else default
+            else:
+                raise TypeError(f"{type(self).__name__} needs {name}")
+            object.__setattr__(self, name, value)
+        if fields:
+            raise TypeError(f"{type(self).__name__} has no field {next(iter(fields))}")
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _replace(self, **changes):
+        return type(self)(**{name: changes.get(name, getattr(self, name)) for name in self.__slots__})
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(repr(getattr(self, n)) for n in self.__slots__))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+
+
 def iso(timestamp: float | None) -> str | None:
     """UTC, seconds precision, no offset: the seed's format (``2025-11-03T01:03:40``)."""
     if timestamp is None:
@@ -33,10 +73,29 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-@dataclass(frozen=True)
-class Sandbox:
+class Sandbox(_Model):
     """One sandbox's record (times are Unix seconds here, ISO strings in ``to_dict``)."""
 
+    __slots__ = (
+        "agent_id",
+        "created_at",
+        "expires_at",
+        "last_active_at",
+        "name",
+        "paused_at",
+        "provider",
+        "provider_status",
+        "sandbox_id",
+        "status",
+        "stopped_at",
+        "template_id",
+        "tenant_id",
+        "ttl_minutes",
+        "uptime_seconds",
+        "user_id",
+        "verified",
+    )
+    _defaults: ClassVar[dict] = {"verified": None, "provider_status": None}
     sandbox_id: str
     name: str
     user_id: str
@@ -53,8 +112,8 @@ class Sandbox:
     expires_at: float | None
     uptime_seconds: float
     # With ``list --verify``: whether the provider confirmed the status, and what it sees.
-    verified: bool | None = None
-    provider_status: str | None = None
+    verified: bool | None
+    provider_status: str | None
 
     @classmethod
     def from_row(cls, row: dict, now: float) -> Sandbox:
@@ -79,7 +138,7 @@ class Sandbox:
         )
 
     def verified_as(self, verified: bool, provider_status: str | None) -> Sandbox:
-        return replace(self, verified=verified, provider_status=provider_status)
+        return self._replace(verified=verified, provider_status=provider_status)
 
     def to_dict(self) -> dict:
         """The seed's 15 fields, in its order, times in its format (17 once verified)."""
@@ -106,26 +165,29 @@ class Sandbox:
         return record
 
 
-@dataclass(frozen=True)
-class RichOutput:
+class RichOutput(_Model):
     """A display output or the cell's value: a MIME bundle (``text/plain``, ``image/png``...)."""
 
+    __slots__ = ("data", "is_main_result", "metadata")
+    _defaults: ClassVar[dict] = {"metadata": dict, "is_main_result": False}
     data: dict
-    metadata: dict = field(default_factory=dict)
-    is_main_result: bool = False  # the value of the cell's last expression
+    metadata: dict
+    is_main_result: bool  # the value of the cell's last expression
 
     @classmethod
     def from_dict(cls, value: dict) -> RichOutput:
-        return cls(value["data"], value.get("metadata") or {}, bool(value.get("is_main_result")))
+        return cls(
+            data=value["data"], metadata=value.get("metadata") or {}, is_main_result=bool(value.get("is_main_result"))
+        )
 
     def to_dict(self) -> dict:
         return {"data": self.data, "metadata": self.metadata, "is_main_result": self.is_main_result}
 
 
-@dataclass(frozen=True)
-class RunError:
+class RunError(_Model):
     """The exception a Python cell ended with."""
 
+    __slots__ = ("name", "traceback", "value")
     name: str
     value: str
     traceback: list[str]
@@ -134,16 +196,17 @@ class RunError:
         return {"name": self.name, "value": self.value, "traceback": self.traceback}
 
 
-@dataclass(frozen=True)
-class RunResult:
+class RunResult(_Model):
     """What a run produced.  ``results`` and ``error`` are a stateful Python cell's."""
 
+    __slots__ = ("error", "execution_time", "exit_code", "results", "stderr", "stdout")
+    _defaults: ClassVar[dict] = {"results": list, "error": None}
     stdout: str
     stderr: str
     exit_code: int
     execution_time: float
-    results: list[RichOutput] = field(default_factory=list)
-    error: RunError | None = None
+    results: list[RichOutput]
+    error: RunError | None
 
     @classmethod
     def from_outcome(cls, outcome: dict) -> RunResult:
@@ -155,7 +218,9 @@ class RunResult:
             exit_code=outcome["exit_code"],
             execution_time=outcome["execution_time"],
             results=[RichOutput.from_dict(r) for r in outcome.get("results") or []],
-            error=RunError(error["name"], error["value"], list(error["traceback"])) if error else None,
+            error=RunError(name=error["name"], value=error["value"], traceback=list(error["traceback"]))
+            if error
+            else None,
         )
 
     def to_dict(self) -> dict:
@@ -169,10 +234,10 @@ class RunResult:
         }
 
 
-@dataclass(frozen=True)
-class FileEntry:
+class FileEntry(_Model):
     """One entry of a directory listing (``modified``: Unix seconds)."""
 
+    __slots__ = ("modified", "name", "path", "size", "type")
     name: str
     path: str
     type: str  # file, dir or symlink
@@ -181,16 +246,28 @@ class FileEntry:
 
     @classmethod
     def from_dict(cls, value: dict) -> FileEntry:
-        return cls(value["name"], value["path"], value["type"], value["size"], value["modified"])
+        return cls(
+            name=value["name"], path=value["path"], type=value["type"], size=value["size"], modified=value["modified"]
+        )
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "type": self.type, "size": self.size, "modified": self.modified}
 
 
-@dataclass(frozen=True)
-class Metrics:
+class Metrics(_Model):
     """What a sandbox uses now, as its provider counts it (None: not counted there)."""
 
+    __slots__ = (
+        "cpu_seconds",
+        "disk_limit_bytes",
+        "disk_used_bytes",
+        "measured_at",
+        "memory_bytes",
+        "memory_limit_bytes",
+        "memory_peak_bytes",
+        "processes",
+        "sandbox_id",
+    )
     sandbox_id: str
     cpu_seconds: float | None  # since the box started
     memory_bytes: int | None

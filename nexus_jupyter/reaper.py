@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -138,6 +137,8 @@ class Reaper:
         A pass asked for while one runs is not lost: the request is a file the running
         pass looks for before it ends, and it goes round again.
         """
+        import subprocess  # here: every CLI call loads this module, few start a pass
+
         pending = self.store.data_dir / "reap.pending"
         os.close(os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         lock = os.open(self.store.data_dir / "reap.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
