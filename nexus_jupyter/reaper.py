@@ -11,14 +11,13 @@ panel's refresh) marks rows but never waits on destroying a box.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .background import open_lock, start_detached, try_lock
 from .errors import SandboxError
 from .store import LIVE_STATUSES
 
@@ -137,40 +136,16 @@ class Reaper:
         A pass asked for while one runs is not lost: the request is a file the running
         pass looks for before it ends, and it goes round again.
         """
-        import subprocess  # here: every CLI call loads this module, few start a pass
-
         pending = self.store.data_dir / "reap.pending"
         os.close(os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        lock = os.open(self.store.data_dir / "reap.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock = open_lock(self.store.data_dir / "reap.lock")
         try:
-            if not _try_lock(lock):
-                return  # the pass under way will go round again
-            package_parent = str(Path(__file__).resolve().parent.parent)
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
-            subprocess.Popen(
-                [sys.executable, "-m", __name__, str(self.store.data_dir), str(lock)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(lock,),
-                start_new_session=True,
-                env=env,
-            )
+            if try_lock(lock):
+                start_detached(__name__, [str(self.store.data_dir)], lock)
         except OSError:
             pass  # the next call's expiry check, or the server's pass, does it
         finally:
             os.close(lock)  # the child's copy keeps the lock
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return False
-        raise
 
 
 def main(argv: list[str]) -> int:

@@ -17,8 +17,6 @@ group): the name is in the provider state and in the box's ``pool.json``.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import sys
@@ -26,6 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..background import open_lock, start_detached, try_lock
 from ..errors import ProviderUnavailable, SandboxError
 from .base import BoxSpec, private_dir
 
@@ -112,25 +111,10 @@ class LocalPool:
         The fill lock is taken here and handed to the child, so from the moment this
         returns, ``drain`` (a test ending, a server stopping) waits for that fill.
         """
-        import subprocess
-
         lock = self._open_lock()
-        if not _try_lock(lock):
-            os.close(lock)
-            return  # a fill is under way
-        package_parent = str(Path(__file__).resolve().parent.parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
         try:
-            subprocess.Popen(
-                [sys.executable, "-m", __name__, str(self.provider.data_dir), str(size), str(lock)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(lock,),
-                start_new_session=True,
-                env=env,
-            )
+            if try_lock(lock):
+                start_detached(__name__, [str(self.provider.data_dir), str(size)], lock)
         except OSError:
             pass  # the next create starts cold and tries again
         finally:
@@ -144,7 +128,7 @@ class LocalPool:
         """
         if lock is None:
             lock = self._open_lock()
-            if not _try_lock(lock):
+            if not try_lock(lock):
                 os.close(lock)
                 return 0
         try:
@@ -181,7 +165,7 @@ class LocalPool:
         """Remove what ended pool boxes left (a box, a slot never finished, an empty group);
         returns their names.  Skipped while a fill runs."""
         lock = self._open_lock()
-        if not _try_lock(lock):
+        if not try_lock(lock):
             os.close(lock)
             return []
         try:
@@ -214,7 +198,7 @@ class LocalPool:
         """Destroy every unclaimed pool box, after waiting for a fill under way; returns their names."""
         lock = self._open_lock()
         deadline = time.monotonic() + DRAIN_WAIT_SECONDS
-        while not _try_lock(lock) and time.monotonic() < deadline:
+        while not try_lock(lock) and time.monotonic() < deadline:
             time.sleep(0.05)
         try:
             drained = self.slots()
@@ -226,17 +210,7 @@ class LocalPool:
 
     def _open_lock(self) -> int:
         private_dir(self.provider.root)
-        return os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return False
-        raise
+        return open_lock(self.lock_file)
 
 
 def main(argv: list[str]) -> int:
