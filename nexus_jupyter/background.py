@@ -31,6 +31,19 @@ def try_lock(fd: int) -> bool:
         raise
 
 
+def write_log(path: Path, line: str) -> None:
+    """Replace ``path`` with one dated line (a detached process has no one else to tell);
+    never through a link."""
+    import time
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    with open(fd, "w") as log:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+
 def start_detached(module: str, args: list[str], lock: int) -> None:
     """``python -m MODULE ARGS... LOCK_FD`` in a session of its own, the held lock passed to it
     (the caller closes its own copy).  Raises OSError if it cannot be started."""

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .background import open_lock, start_detached, try_lock
+from .background import open_lock, start_detached, try_lock, write_log
 from .errors import SandboxError
 from .store import LIVE_STATUSES
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 # A box started but never marked active within this time is taken as a failed create.
 CREATE_GRACE_SECONDS = 120
+PENDING = "reap.pending"  # in the data dir: a pass was asked for
 
 
 class Reaper:
@@ -136,35 +137,49 @@ class Reaper:
         A pass asked for while one runs is not lost: the request is a file the running
         pass looks for before it ends, and it goes round again.
         """
-        pending = self.store.data_dir / "reap.pending"
-        os.close(os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        lock = open_lock(self.store.data_dir / "reap.lock")
+        try:
+            os.close(os.open(self.store.data_dir / PENDING, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            lock = open_lock(self.store.data_dir / "reap.lock")
+        except OSError:
+            return  # the next call's expiry check, or the server's pass, does it
         try:
             if try_lock(lock):
                 start_detached(__name__, [str(self.store.data_dir)], lock)
         except OSError:
-            pass  # the next call's expiry check, or the server's pass, does it
+            pass
         finally:
             os.close(lock)  # the child's copy keeps the lock
 
 
 def main(argv: list[str]) -> int:
-    """The background pass: ``python -m nexus_jupyter.reaper DATA_DIR LOCK_FD`` (the lock held)."""
+    """The background pass: ``python -m nexus_jupyter.reaper DATA_DIR LOCK_FD`` (the lock held).
+
+    It goes round while passes are asked for, and once more if one was asked for as it
+    let go of the lock (the asker found the lock still held and left it to this pass).
+    """
     from .service import SandboxService
 
-    service = SandboxService(Path(argv[0]))
-    pending = service.store.data_dir / "reap.pending"
+    data_dir, lock = Path(argv[0]), int(argv[1])
+    service = SandboxService(data_dir)
+    pending = data_dir / PENDING
     try:
-        for _ in range(10):
-            try:
-                pending.unlink()
-            except FileNotFoundError:
-                break
-            service.reap()
-    except SandboxError:
+        while lock is not None:
+            for _ in range(10):
+                try:
+                    pending.unlink()
+                except FileNotFoundError:
+                    break
+                service.reap()
+            os.close(lock)
+            lock = None
+            if pending.exists():
+                lock = open_lock(data_dir / "reap.lock")
+                if not try_lock(lock):
+                    os.close(lock)  # another pass has it
+                    lock = None
+    except Exception as exc:  # no one to tell but the log
+        write_log(data_dir / "reap.log", f"reaping pass failed: {exc}")
         return 1
-    finally:
-        os.close(int(argv[1]))
     return 0
 
 

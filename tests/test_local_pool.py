@@ -78,7 +78,7 @@ def test_a_create_takes_a_warm_box_and_the_pool_refills(pooled):
     [slot] = backend.pool.slots()
     shell = shell_pid(backend, slot)  # the runtime started with the pool box, before any create
     assert cpu_weight(backend, slot) <= 2  # a waiting pool box yields the CPU to sandboxes at work
-    record = nx.sandbox_create("warm", ttl_minutes=7, memory_mb=2048, max_processes=64, env={"GREETING": "hello"})
+    record = nx.sandbox_create("warm", ttl_minutes=7, memory_mb=2048, max_processes=64)
     sandbox = record["sandbox_id"]
     state = nx.store.get(sandbox)["provider_state"]
     assert state["pool_slot"] == slot and state["cgroup"] == slot
@@ -87,10 +87,12 @@ def test_a_create_takes_a_warm_box_and_the_pool_refills(pooled):
     assert memory_limit(backend, slot) == 2048 << 20
     assert (backend.cgroups._dir("pids", slot) / "pids.max").read_text().strip() == "64"
     assert cpu_weight(backend, slot) in (100, 1024)  # a sandbox's own share again
-    assert nx.sandbox_run(sandbox, "bash", "echo $GREETING")["stdout"] == "hello\n"
-    # the warm runtime ran the first cell (no interpreter was started for it), with the claim's env
-    result = nx.sandbox_run(sandbox, "python", "import os; print(2 + 2, os.environ['GREETING'])")
-    assert result["stdout"] == "4 hello\n"
+    assert nx.sandbox_run(sandbox, "bash", "echo $HOME")["stdout"] == "/home/user\n"
+    # the warm runtime ran the first cell: no interpreter was started for it
+    result = nx.sandbox_run(sandbox, "python", "import os; print(2 + 2, os.environ['HOME'])")
+    assert result["stdout"] == "4 /home/user\n"
+    # its metrics count from the claim, not from the pool's wait (the runtime's start and warm-up)
+    assert nx.sandbox_metrics(sandbox)["cpu_seconds"] < 0.5
     assert alive(shell) and shell in group_pids(backend, slot)
     # a new warm box replaces it, started by a detached process
     [refill] = wait_for_slots(backend, 1)
@@ -128,7 +130,10 @@ def test_creates_the_pool_cannot_serve_start_cold_and_leave_it_alone(pooled):
     [slot] = backend.pool.slots()
     small = nx.sandbox_create("small", memory_mb=256)["sandbox_id"]  # its disk: 128 MiB, not the pool's 512
     other_disk = nx.sandbox_create("disk", disk_mb=100)["sandbox_id"]
-    for sandbox in (small, other_disk):
+    # variables like PYTHONPATH act when an interpreter starts: the pool's started before the claim
+    with_env = nx.sandbox_create("env", env={"PYTHONPATH": "/home/user/lib"})["sandbox_id"]
+    assert "/home/user/lib" in nx.sandbox_run(with_env, "python", "import sys; print(sys.path)")["stdout"]
+    for sandbox in (small, other_disk, with_env):
         assert "pool_slot" not in nx.store.get(sandbox)["provider_state"]
     assert backend.pool.slots() == [slot]
     assert nx.sandbox_run(small, "python", "print('cold')")["stdout"] == "cold\n"
@@ -210,3 +215,22 @@ def test_a_bad_pool_size_is_one_clear_line(nexus, value):
         f"Error: NEXUS_LOCAL_POOL_SIZE must be a whole number from 0 (no pool) to 64, not {value!r}"
     ]
     assert "Traceback" not in result.stderr
+
+
+def test_a_pool_box_made_otherwise_or_tampered_with_is_never_claimed(pooled):
+    nx, backend = pooled
+    [slot] = backend.pool.slots()
+    record = backend.box_dir(slot) / "pool.json"
+    state = json.loads(record.read_text())
+    # made by another Python, venv or version of the package: left alone
+    record.write_text(json.dumps({**state, "made_of": "another python"}))
+    first = nx.sandbox_create("not-that-one")["sandbox_id"]
+    assert "pool_slot" not in nx.store.get(first)["provider_state"]
+    # a record naming a group that is not its own: never claimed, never acted on
+    record.write_text(json.dumps({**state, "cgroup": "../../../system.slice"}))
+    second = nx.sandbox_create("nor-that-one")["sandbox_id"]
+    assert "pool_slot" not in nx.store.get(second)["provider_state"]
+    assert backend._group(slot, {}) == slot
+    assert backend._group("sb_whatever", {"cgroup": "../../x"}) == "sb_whatever"
+    assert backend.pool.drain() == [slot]
+    assert not backend.cgroups.exists(slot) and not backend.box_dir(slot).exists()

@@ -241,6 +241,15 @@ class Cgroups:
             "processes": number("pids", "pids.current"),
         }
 
+    def reset_peak(self, box_id: str) -> None:
+        """Start the memory peak again from now (a claimed pool box); where the kernel cannot
+        (cgroup v2 before 6.12), the peak keeps counting from the box's start."""
+        name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
+        try:
+            _write(self._dir("memory", box_id) / name, "0")
+        except OSError:
+            pass
+
     def oom_kills(self, box_id: str) -> int:
         name = "memory.events" if self.version == 2 else "memory.oom_control"
         try:

@@ -43,7 +43,7 @@ from .base import (
     process_tree,
 )
 from .cgroups import Cgroups
-from .local_pool import POOL_PREFIX, POOL_RECORD, LocalPool
+from .local_pool import POOL_PREFIX, POOL_RECORD, SLOT_NAME, LocalPool, _read_private
 
 BOX_UID = 1000  # the box's user inside bubblewrap's user namespace
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -368,12 +368,13 @@ class LocalProvider(AgentProvider):
         """The name of the box's cgroups: its sandbox id, or the pool slot it was started as
         (the record a claimed box keeps in its directory, for callers holding no state)."""
         name = state.get("cgroup")
-        if name:
-            return name
-        try:
-            return json.loads((self.box_dir(sandbox_id) / POOL_RECORD).read_text())["cgroup"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return sandbox_id
+        if not name:
+            try:
+                name = json.loads(_read_private(self.box_dir(sandbox_id) / POOL_RECORD))["cgroup"]
+            except (OSError, ValueError, KeyError, TypeError):
+                name = sandbox_id
+        # Only a name of ours: the host writes to the group's files as root.
+        return name if name == sandbox_id or SLOT_NAME.fullmatch(str(name)) else sandbox_id
 
     def destroy(self, sandbox_id: str, state: dict) -> None:
         import shutil
@@ -439,6 +440,8 @@ class LocalProvider(AgentProvider):
         usage: dict = {}
         if cgroups is not None and cgroups.exists(group):
             usage = cgroups.usage(group)
+            if usage.get("cpu_seconds") is not None:  # a pool box counts from its claim
+                usage["cpu_seconds"] = max(usage["cpu_seconds"] - state.get("cpu_baseline", 0.0), 0.0)
         else:  # rlimits only: the box's processes, counted on the host
             usage = {"processes": max(len(self.host_pids(sandbox_id, state)) - 1, 0)}
         if state.get("tmpfs"):  # as root: every file the box writes is in this one tmpfs

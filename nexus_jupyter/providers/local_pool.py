@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..background import open_lock, start_detached, try_lock
+from ..background import open_lock, start_detached, try_lock, write_log
 from ..errors import ProviderUnavailable, SandboxError
+from .agent_box import BOX_CODE_FILES, BOX_CODE_SOURCE
 from .base import BoxSpec, private_dir
 
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ POOL_SHAPE = BoxSpec(sandbox_id="", idle_timeout_seconds=POOL_IDLE_SECONDS)
 # A claimed box's memory limit must leave room for its idle runtime (~75 MiB resident).
 MIN_CLAIM_MEMORY_MB = 256
 DRAIN_WAIT_SECONDS = 60.0
+DRAINED_SUFFIX = "-drained"  # a slot taken by drain (never claimable: it has no record under its name)
+SLOT_NAME = re.compile(r"pool-[0-9a-f]{12}")
 
 
 class LocalPool:
@@ -51,13 +55,30 @@ class LocalPool:
         return self.provider.root / "pool.lock"
 
     def fits(self, spec: BoxSpec) -> bool:
-        """Only a box the claim can reshape: limits through cgroups, no network, the pool's disk."""
+        """Only a box the claim can reshape: limits through cgroups, no network, the pool's
+        disk, and no env of its own (PYTHONPATH, LD_PRELOAD... act when an interpreter
+        starts: the pool box's runtime started before the claim)."""
         return (
             self.provider.cgroups is not None
             and not spec.allow_internet
+            and not spec.env
             and spec.disk_mb == POOL_SHAPE.disk_mb
             and spec.memory_mb >= MIN_CLAIM_MEMORY_MB
         )
+
+    def fingerprint(self) -> str:
+        """What a pool box was made from, as this process would make one: the isolation, the
+        Python (a venv's), the interpreters' directories and the box code's version.  A
+        process claims only boxes made as it would have made them."""
+        from .isolation import choose_isolation
+        from .local import _interpreters, _runtime_paths
+
+        code = [
+            (name, os.stat(BOX_CODE_SOURCE / name).st_mtime_ns, os.stat(BOX_CODE_SOURCE / name).st_size)
+            for name in BOX_CODE_FILES
+        ]
+        made_of = [choose_isolation(), _interpreters(), _runtime_paths(), str(BOX_CODE_SOURCE), code]
+        return json.dumps(made_of, sort_keys=True)
 
     def slots(self) -> list[str]:
         """Names of the pool's ready boxes (their record written), oldest first."""
@@ -77,17 +98,15 @@ class LocalPool:
     # ---- claim
     def claim(self, spec: BoxSpec) -> dict | None:
         """Hand a pool box over to ``spec.sandbox_id``; None when the pool has none ready."""
-        from .isolation import choose_isolation
-
         provider = self.provider
-        isolation = choose_isolation()
+        fingerprint = self.fingerprint()
         for slot in self.slots():
             try:
-                state = json.loads((provider.box_dir(slot) / POOL_RECORD).read_text())
+                state = json.loads(_read_private(provider.box_dir(slot) / POOL_RECORD))
             except (OSError, ValueError):
                 continue
-            if state.get("isolation") != isolation:
-                continue  # started for another setting of NEXUS_LOCAL_ISOLATION
+            if not isinstance(state, dict) or state.get("made_of") != fingerprint or state.get("cgroup") != slot:
+                continue  # made by another Python, venv, setting or version of this package
             try:
                 os.rename(provider.box_dir(slot), provider.box_dir(spec.sandbox_id))
             except OSError:
@@ -99,8 +118,14 @@ class LocalPool:
                 provider.cgroups.set_limits(state["cgroup"], spec.memory_mb << 20, spec.max_processes, spec.cpus)
                 provider.agent(spec.sandbox_id, state).touch(spec.idle_timeout_seconds, env=provider.box_env(spec.env))
             except (SandboxError, OSError):
-                provider.destroy(spec.sandbox_id, state)
+                try:
+                    provider.destroy(spec.sandbox_id, state)
+                except OSError:
+                    pass  # an orphan now: the reaper's sweep removes it
                 continue
+            # What the sandbox is shown to use counts from here, not from the pool's wait.
+            state["cpu_baseline"] = provider.cgroups.usage(slot).get("cpu_seconds") or 0.0
+            provider.cgroups.reset_peak(slot)
             return state
         return None
 
@@ -111,12 +136,15 @@ class LocalPool:
         The fill lock is taken here and handed to the child, so from the moment this
         returns, ``drain`` (a test ending, a server stopping) waits for that fill.
         """
-        lock = self._open_lock()
+        try:
+            lock = self._open_lock()
+        except OSError:
+            return  # the next create starts cold and tries again
         try:
             if try_lock(lock):
                 start_detached(__name__, [str(self.provider.data_dir), str(size)], lock)
         except OSError:
-            pass  # the next create starts cold and tries again
+            pass
         finally:
             os.close(lock)  # the child's copy keeps the lock
 
@@ -154,7 +182,7 @@ class LocalPool:
             state = provider.start_box(spec, background=True)
             provider.check_started(slot, state)
             record = provider.box_dir(slot) / (POOL_RECORD + ".new")
-            record.write_text(json.dumps(state))
+            record.write_text(json.dumps({**state, "made_of": self.fingerprint()}))
             record.rename(provider.box_dir(slot) / POOL_RECORD)  # now claimable
         except BaseException:
             provider.destroy(slot, state)
@@ -182,9 +210,10 @@ class LocalPool:
         except FileNotFoundError:
             names = set()
         for slot in sorted(names):
+            group = slot.removesuffix(DRAINED_SUFFIX)
             # With the lock held no fill is under way: a slot without its record is a failed one.
-            if slot not in ready or provider.inspect(slot, {"cgroup": slot}) == "stopped":
-                provider.destroy(slot, {"cgroup": slot})
+            if slot not in ready or provider.inspect(slot, {"cgroup": group}) == "stopped":
+                provider.destroy(slot, {"cgroup": group})
                 pruned.append(slot)
         if cgroups is not None:
             # A claimed box keeps its slot's group: only an empty one is left over.
@@ -195,15 +224,25 @@ class LocalPool:
         return pruned
 
     def drain(self) -> list[str]:
-        """Destroy every unclaimed pool box, after waiting for a fill under way; returns their names."""
+        """Destroy every unclaimed pool box, after waiting for a fill under way; returns their
+        names.  Each box is taken as a claim takes it (a rename), so one a create claims
+        meanwhile is left to it."""
         lock = self._open_lock()
-        deadline = time.monotonic() + DRAIN_WAIT_SECONDS
-        while not try_lock(lock) and time.monotonic() < deadline:
-            time.sleep(0.05)
         try:
-            drained = self.slots()
-            for slot in drained:
-                self.provider.destroy(slot, {"cgroup": slot})
+            deadline = time.monotonic() + DRAIN_WAIT_SECONDS
+            while not try_lock(lock):
+                if time.monotonic() > deadline:
+                    raise ProviderUnavailable("a warm-pool fill did not finish in time: try again")
+                time.sleep(0.05)
+            drained = []
+            for slot in self.slots():
+                taken = slot + DRAINED_SUFFIX
+                try:
+                    os.rename(self.provider.box_dir(slot), self.provider.box_dir(taken))
+                except OSError:
+                    continue  # claimed
+                self.provider.destroy(taken, {"cgroup": slot})
+                drained.append(slot)
             return drained + self._prune_locked()
         finally:
             os.close(lock)
@@ -211,6 +250,13 @@ class LocalPool:
     def _open_lock(self) -> int:
         private_dir(self.provider.root)
         return open_lock(self.lock_file)
+
+
+def _read_private(path: Path) -> str:
+    """A file of ours under the box root, never through a link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, encoding="utf-8") as handle:
+        return handle.read()
 
 
 def main(argv: list[str]) -> int:
@@ -222,7 +268,7 @@ def main(argv: list[str]) -> int:
     try:
         provider.pool.fill(size, lock=lock)
     except Exception as exc:  # no one to tell but the log: the next create starts cold
-        (provider.root / "pool.log").write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')} fill failed: {exc}\n")
+        write_log(provider.root / "pool.log", f"fill failed: {exc}")
         return 1
     return 0
 
