@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -234,3 +235,26 @@ def test_a_pool_box_made_otherwise_or_tampered_with_is_never_claimed(pooled):
     assert backend._group("sb_whatever", {"cgroup": "../../x"}) == "sb_whatever"
     assert backend.pool.drain() == [slot]
     assert not backend.cgroups.exists(slot) and not backend.box_dir(slot).exists()
+
+
+def test_a_claimed_box_whose_directory_went_is_still_found_and_ended(pooled, tmp_path):
+    # As when a stop's kill timed out and its directory was removed anyway: the box's
+    # processes run on in the group it kept from its slot, which nothing else names.
+    nx, backend = pooled
+    sandbox = nx.sandbox_create("lost")["sandbox_id"]
+    group = nx.store.get(sandbox)["provider_state"]["cgroup"]
+    shell = shell_pid(backend, group)
+    moved = tmp_path / "moved-away"
+    os.rename(backend.box_dir(sandbox), moved)  # gone from the store's boxes, still running
+    nx.store.update(sandbox, {"status": "stopped"})
+    try:
+        # Any prune ends it: the reaper's, or the refill's own (the create started one).
+        deadline = time.monotonic() + 60
+        while backend.cgroups.exists(group) and time.monotonic() < deadline:
+            nx.reap()
+            time.sleep(0.2)
+        assert not alive(shell) and not backend.cgroups.exists(group)
+        wait_for_slots(backend, 1)  # the pool's own box is kept
+    finally:
+        subprocess.run(["umount", "-l", str(moved / "fs")], check=False)
+        shutil.rmtree(moved, ignore_errors=True)

@@ -216,12 +216,30 @@ class LocalPool:
                 provider.destroy(slot, {"cgroup": group})
                 pruned.append(slot)
         if cgroups is not None:
-            # A claimed box keeps its slot's group: only an empty one is left over.
-            for group in sorted(cgroups.box_ids() - names):
-                if group.startswith(POOL_PREFIX) and not cgroups.pids(group):
+            # A claimed box keeps its slot's group, named in its directory's record (read after
+            # the slots were listed, so a claim under way is seen on one side or the other).
+            # A group that no slot and no box claims is left over: by a box whose stop
+            # could not kill it before its directory went, or by a drain cut short.
+            groups = {name.removesuffix(DRAINED_SUFFIX) for name in names} | self._claimed_groups()
+            for group in sorted(cgroups.box_ids() - groups):
+                if SLOT_NAME.fullmatch(group):
+                    cgroups.kill(group)
                     cgroups.remove(group)
                     pruned.append(group)
         return pruned
+
+    def _claimed_groups(self) -> set[str]:
+        groups = set()
+        try:
+            entries = [entry for entry in os.scandir(self.provider.root) if not entry.name.startswith(POOL_PREFIX)]
+        except FileNotFoundError:
+            return groups
+        for entry in entries:
+            try:
+                groups.add(str(json.loads(_read_private(Path(entry.path) / POOL_RECORD))["cgroup"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not a box from the pool
+        return groups
 
     def drain(self) -> list[str]:
         """Destroy every unclaimed pool box, after waiting for a fill under way; returns their
