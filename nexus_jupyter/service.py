@@ -124,6 +124,10 @@ class SandboxService:
             raise SandboxStateError(f"Sandbox {row['sandbox_id']} is stopped")
         return row
 
+    def _record(self, sandbox_id: str) -> Sandbox:
+        """The sandbox's record as the store has it now."""
+        return Sandbox.from_row(self.store.get(sandbox_id), time.time())
+
     def _require_active(self, row: dict) -> None:
         status = row["status"]
         if status == "paused":
@@ -265,7 +269,7 @@ class SandboxService:
             {"status": "active", "provider_state": state, "last_active_at": now, "expires_at": now + ttl * 60},
             expect_status=("creating",),
         )
-        return Sandbox.from_row(self.store.get(spec.sandbox_id), time.time())
+        return self._record(spec.sandbox_id)
 
     # ---- run
     def run(
@@ -383,7 +387,7 @@ class SandboxService:
         ):
             backend.resume(row["sandbox_id"], row["provider_state"])
             raise SandboxStateError(f"Sandbox {row['sandbox_id']} changed state while pausing; try again")
-        return Sandbox.from_row(self.store.get(row["sandbox_id"]), time.time())
+        return self._record(row["sandbox_id"])
 
     def resume(self, caller: Caller, sandbox_id: str) -> Sandbox:
         """Thaw a paused sandbox; its idle timeout starts again."""
@@ -411,7 +415,7 @@ class SandboxService:
             )
         except (SandboxError, OSError):
             pass  # the box's own idle clock also notices the freeze
-        return Sandbox.from_row(self.store.get(row["sandbox_id"]), time.time())
+        return self._record(row["sandbox_id"])
 
     def stop(self, caller: Caller, sandbox_id: str) -> Sandbox:
         """Destroy the sandbox and everything in it.  Stopping a stopped sandbox is not an error."""
@@ -422,7 +426,7 @@ class SandboxService:
             backend = self.provider(row["provider"])
             if backend.inspect(row["sandbox_id"], row["provider_state"]) != "stopped":
                 backend.destroy(row["sandbox_id"], row["provider_state"])
-        return Sandbox.from_row(self.store.get(row["sandbox_id"]), time.time())
+        return self._record(row["sandbox_id"])
 
     # ---- reading
     def status(self, caller: Caller, sandbox_id: str) -> Sandbox:
