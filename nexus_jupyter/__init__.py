@@ -41,3 +41,10 @@ def load_ipython_extension(shell) -> None:
     from .magics import load_ipython_extension as load
 
     load(shell)
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    """The Jupyter server extension (serverextension.py), imported only by a server."""
+    from .serverextension import NexusSandboxApp
+
+    return [{"module": "nexus_jupyter.serverextension", "app": NexusSandboxApp}]

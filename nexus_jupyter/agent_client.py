@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import json
@@ -31,8 +32,12 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import AgentImpostor, AgentUnreachable, AgentUnresponsive, InvalidArgument, SandboxError
+if TYPE_CHECKING:
+    from .providers.base import Cancel
+
+from .errors import AgentImpostor, AgentUnreachable, AgentUnresponsive, InvalidArgument, PathNotFound, SandboxError
 
 FILE_CHUNK = 256 * 1024
 OutputCallback = Callable[[str], None]
@@ -221,12 +226,16 @@ class AgentClient:
         wait: float = 15.0,
         body: Iterator[dict] | None = None,
         ceiling: int = 1 << 20,
+        cancel: Cancel | None = None,
     ):
         """Send one request and yield its events, all within ``seconds`` (plus ``wait`` to connect)
         and ``ceiling`` bytes."""
         if not self.key:
             raise AgentImpostor("this sandbox was made by an older nexus-jupyter: stop it and create a new one")
         sock = self.connect(wait) if self.connect is not None else self._connect(wait)
+        if cancel is not None:
+            # Shutting the socket down wakes the read below: the agent sees the host go.
+            cancel.on_cancel(lambda: sock.shutdown(socket.SHUT_RDWR))
         op = request["op"]
         channel = _Channel(
             sock,
@@ -254,7 +263,8 @@ class AgentClient:
                 event = self._parse(channel.readline())
                 kind = event.get("ev")
                 if kind == "error":
-                    raise SandboxError(str(event.get("message", "agent error")))
+                    missing = event.get("errno") == errno.ENOENT
+                    raise (PathNotFound if missing else SandboxError)(str(event.get("message", "agent error")))
                 _check_shape(op, event)
                 if kind == "starting" and not extended:
                     # The first Python cell also waits for the kernel to start.
@@ -309,6 +319,7 @@ class AgentClient:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         on_result: ResultCallback | None = None,
+        cancel: Cancel | None = None,
     ) -> dict:
         """Run code in a fresh process; returns stdout, stderr, exit_code, execution_time, timed_out."""
         request = {
@@ -320,7 +331,7 @@ class AgentClient:
             "max_output_chars": max_output_chars,
         }
         # The agent enforces the deadline itself; ours guards against one that does not.
-        return self._collect(request, timeout + RUN_GRACE_SECONDS, on_stdout, on_stderr, on_result)
+        return self._collect(request, timeout + RUN_GRACE_SECONDS, on_stdout, on_stderr, on_result, cancel)
 
     def execute(
         self,
@@ -333,6 +344,7 @@ class AgentClient:
         on_result: ResultCallback | None = None,
         filename: str | None = None,
         execution_count: int | None = None,
+        cancel: Cancel | None = None,
     ) -> dict:
         """Run a cell in the box's Python runtime (state persists between cells).
 
@@ -347,9 +359,9 @@ class AgentClient:
             request["filename"] = filename
         if execution_count is not None:
             request["execution_count"] = execution_count
-        return self._collect(request, timeout + RUN_GRACE_SECONDS, on_stdout, on_stderr, on_result)
+        return self._collect(request, timeout + RUN_GRACE_SECONDS, on_stdout, on_stderr, on_result, cancel)
 
-    def _collect(self, request: dict, seconds: float, on_stdout, on_stderr, on_result) -> dict:
+    def _collect(self, request: dict, seconds: float, on_stdout, on_stderr, on_result, cancel=None) -> dict:
         """Gather a run's events; what is kept and passed on is capped here too, whatever
         the other end sends: each stream at the run's character limit, rich outputs at
         MAX_RESULTS_BYTES."""
@@ -363,7 +375,7 @@ class AgentClient:
         results_bytes = 0
         error = None
         end: dict = {}
-        for event in self._events(request, seconds, ceiling=ceiling):
+        for event in self._events(request, seconds, ceiling=ceiling, cancel=cancel):
             kind = event["ev"]
             if kind in streams:
                 streams[kind].add(event["data"])

@@ -80,13 +80,13 @@ def sandbox() -> None:
 
 @sandbox.command()
 @click.argument("name")
-@click.option("--ttl", "-t", type=int, default=10, show_default=True, help="Idle timeout in minutes")
+@click.option("--ttl", "-t", type=int, help="Idle timeout in minutes  [default: 10, or $NEXUS_DEFAULT_TTL]")
 @click.option("--template", help="Provider template ID (e.g. E2B template, Docker image)")
 @click.option("--provider", "-p", envvar="NEXUS_SANDBOX_PROVIDER", help="local (default), docker or e2b")
 @click.option("--agent-id", "-a", help="Agent that owns the sandbox")
 @click.option("--tenant-id", help="Tenant that owns the sandbox (default: default)")
 @click.option("--allow-internet", is_flag=True, help="Allow outbound network access (off by default)")
-@click.option("--memory", "memory_mb", type=int, default=1024, show_default=True, help="Memory limit in MiB")
+@click.option("--memory", "memory_mb", type=int, help="Memory limit in MiB  [default: 1024, $NEXUS_DEFAULT_MEMORY_MB]")
 @click.option("--cpus", type=float, default=1.0, show_default=True, help="CPU limit in cores")
 @click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE", help="Environment variable for runs")
 @json_option
@@ -155,7 +155,7 @@ def _stream_to(stream):
 @click.option("--language", "-l", default="python", show_default=True, help="python, javascript or bash")
 @click.option("--code", "-c", help="Code to execute (use - for stdin)")
 @click.option("--file", "-f", "file", help="File containing code to execute")
-@click.option("--timeout", type=float, default=30, show_default=True, help="Execution timeout in seconds")
+@click.option("--timeout", type=float, help="Execution timeout in seconds  [default: 30, or $NEXUS_DEFAULT_TIMEOUT]")
 @click.option("--fresh", is_flag=True, help="Python: run in a new process, not the sandbox's stateful kernel")
 @json_option
 def run(sandbox_id, language, code, file, timeout, fresh, as_json):

@@ -26,6 +26,10 @@ class SandboxNotFound(SandboxError, KeyError):
         return str(self.args[0]) if self.args else "sandbox not found"
 
 
+class PathNotFound(SandboxError):
+    """No such file or directory inside the sandbox."""
+
+
 class SandboxStateError(SandboxError):
     """The operation is not allowed in the sandbox's current state."""
 
@@ -42,6 +46,10 @@ class SandboxTimeout(SandboxError, TimeoutError):
     def __init__(self, message: str, result: dict | None = None):
         super().__init__(message)
         self.result = result
+
+
+class RunCancelled(SandboxError):
+    """The caller cancelled a run under way (a REST client that disconnected)."""
 
 
 class ProviderUnavailable(SandboxError):

@@ -27,9 +27,11 @@ from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 from traitlets import Float, Int, Unicode
 
+from .config import configured_settings
 from .errors import SandboxError, SandboxTimeout
 from .formatting import columns, printable
 from .manager import SandboxManager
+from .service import SandboxService
 from .validation import LANGUAGE_ALIASES, LANGUAGES
 
 LINE_VERBS = ("create", "list", "status", "pause", "resume", "stop", "use", "upload", "download", "panel")
@@ -157,11 +159,13 @@ class SandboxMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._manager = manager
         self.current: str | None = None  # the sandbox %%sandbox cells use by default
+        # The service's settings, kept current by %config SandboxService... (config.py)
+        self.settings, self.configurables = configured_settings(parent=self.parent or shell)
 
     @property
     def manager(self) -> SandboxManager:
         if self._manager is None:
-            self._manager = SandboxManager()
+            self._manager = SandboxManager(service=SandboxService(settings=self.settings))
         return self._manager
 
     # ---- the notebook's own sandbox
@@ -343,5 +347,6 @@ def _writer(stream):
 def load_ipython_extension(shell) -> None:
     magics = SandboxMagics(shell=shell, parent=shell)
     shell.register_magics(magics)
-    if magics not in shell.configurables:
-        shell.configurables.append(magics)  # so %config SandboxMagics... finds it
+    for configurable in (magics, *magics.configurables):
+        if configurable not in shell.configurables:
+            shell.configurables.append(configurable)  # so %config SandboxMagics... (and the rest) finds it

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from .providers.base import OutputCallback, Provider, ResultCallback
-from .service import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_SECONDS, DEFAULT_TTL_MINUTES, Caller, SandboxService
+from .service import Caller, SandboxService
 from .validation import truthy
 
 
@@ -29,7 +29,8 @@ class SandboxManager:
     ``provider`` to ``$NEXUS_SANDBOX_PROVIDER`` (else ``local``); ``user_id``
     to ``$NEXUS_USER`` (else the OS user); ``is_admin`` to ``$NEXUS_ADMIN``;
     ``warm_pool`` sets every provider's warm pool size (None: each provider's default).
-    ``service``: an existing service to act through (its data dir and providers).
+    ``service``: an existing service to act through (its data dir, providers and settings).
+    Defaults (TTL, timeout, memory) are the service's settings (settings.py).
     """
 
     def __init__(
@@ -81,14 +82,14 @@ class SandboxManager:
     def sandbox_create(
         self,
         name: str,
-        ttl_minutes: int = DEFAULT_TTL_MINUTES,
+        ttl_minutes: int | None = None,
         template_id: str | None = None,
         *,
         provider: str | None = None,
         agent_id: str | None = None,
         tenant_id: str | None = None,
         allow_internet_access: bool = False,
-        memory_mb: int = DEFAULT_MEMORY_MB,
+        memory_mb: int | None = None,
         cpus: float = 1.0,
         max_processes: int = 256,
         disk_mb: int | None = None,
@@ -116,7 +117,7 @@ class SandboxManager:
         sandbox_id: str,
         language: str,
         code: str,
-        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        timeout: float | None = None,
         *,
         fresh: bool = False,
         on_stdout: OutputCallback | None = None,
@@ -214,6 +215,5 @@ class SandboxManager:
         """Entries of a directory: name, path, type (file/dir/symlink), size, modified."""
         return [entry.to_dict() for entry in self.service.list_files(self.caller, sandbox_id, path)]
 
-    @staticmethod
-    def max_file_bytes() -> int:
-        return SandboxService.max_file_bytes()
+    def max_file_bytes(self) -> int:
+        return self.service.max_file_bytes()

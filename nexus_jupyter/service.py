@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -22,16 +22,19 @@ from typing import IO
 from .errors import (
     AgentUnreachable,
     InvalidArgument,
+    PathNotFound,
     PermissionDenied,
     ProviderNotSupported,
+    RunCancelled,
     SandboxError,
     SandboxNotFound,
     SandboxStateError,
     SandboxTimeout,
 )
 from .models import FileEntry, Metrics, RunResult, Sandbox
-from .providers.base import BoxSpec, Feature, OutputCallback, Provider, ResultCallback, provider_class
+from .providers.base import BoxSpec, Cancel, Feature, OutputCallback, Provider, ResultCallback, provider_class
 from .reaper import Reaper
+from .settings import MAX_TIMEOUT_SECONDS, MAX_TTL_MINUTES, Settings
 from .store import LIVE_STATUSES, Store
 from .validation import (
     check_code,
@@ -42,16 +45,9 @@ from .validation import (
     whole_number,
 )
 
-DEFAULT_TTL_MINUTES = 10
-MAX_TTL_MINUTES = 7 * 24 * 60
-DEFAULT_TIMEOUT_SECONDS = 30
-MAX_TIMEOUT_SECONDS = 24 * 3600
-MAX_OUTPUT_CHARS = 1 << 20
-DEFAULT_MEMORY_MB = 1024
 DEFAULT_DISK_MB = 512
 # A box's files live in memory (tmpfs): they may use all of its memory limit but this.
 MEMORY_FOR_PROCESSES_MB = 128
-DEFAULT_MAX_FILE_MB = 256  # the largest file read or downloaded from a box (NEXUS_MAX_FILE_MB)
 # The agent ends its box itself this long after the TTL, in case no reaper runs.
 AGENT_EXPIRY_GRACE_SECONDS = 60
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -75,11 +71,11 @@ class Caller:
 class SandboxService:
     """Create, run code in, list, pause, resume and stop sandboxes, for any caller.
 
-    ``data_dir`` defaults to ``$NEXUS_DATA_DIR`` (else the Jupyter data dir);
-    ``default_provider`` to ``$NEXUS_SANDBOX_PROVIDER`` (else ``local``).
-    ``warm_pool`` sets the pool size of every provider that keeps one; None leaves
-    each provider's own default (``NEXUS_LOCAL_POOL_SIZE``, else 1;
-    ``NEXUS_DOCKER_POOL_SIZE``, else off).
+    ``data_dir`` defaults to ``$NEXUS_DATA_DIR`` (else the Jupyter data dir).
+    ``settings`` (settings.py): defaults, limits and pool sizes, each read from its
+    environment variable unless a host (config.py) set it.  ``default_provider``
+    overrides the setting of that name; ``warm_pool`` sets the pool size of every
+    provider that keeps one.
     """
 
     def __init__(
@@ -88,21 +84,31 @@ class SandboxService:
         *,
         default_provider: str | None = None,
         warm_pool: int | None = None,
+        settings: Settings | None = None,
     ):
         self.store = Store(data_dir)
-        self.warm_pool = warm_pool
         self.data_dir = self.store.data_dir
-        self.default_provider = default_provider or os.environ.get("NEXUS_SANDBOX_PROVIDER") or "local"
+        self.settings = settings if settings is not None else Settings()
+        self.warm_pool = warm_pool
+        self._default_provider = default_provider
         self._providers: dict[str, Provider] = {}
         self.reaper = Reaper(self)
+
+    @property
+    def default_provider(self) -> str:
+        return self._default_provider or self.settings.default_provider
 
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
             backend = provider_class(name)(self.data_dir)
-            if self.warm_pool is not None and hasattr(backend, "pool_size"):
-                backend.pool_size = self.warm_pool
             self._providers[name] = backend
-        return self._providers[name]
+        backend = self._providers[name]
+        if backend.supports(Feature.WARM_POOL):
+            # Read each time: a host may change it while the service lives (%config).
+            size = self.warm_pool if self.warm_pool is not None else self.settings.pool_size(name)
+            if size is not None:
+                backend.pool_size = size
+        return backend
 
     # ---- lookup and ownership
     def _resolve(self, caller: Caller, sandbox_ref: str, *, include_stopped: bool = True) -> dict:
@@ -165,14 +171,14 @@ class SandboxService:
         self,
         caller: Caller,
         name: str,
-        ttl_minutes: int = DEFAULT_TTL_MINUTES,
+        ttl_minutes: int | None = None,
         template_id: str | None = None,
         *,
         provider: str | None = None,
         agent_id: str | None = None,
         tenant_id: str | None = None,
         allow_internet_access: bool = False,
-        memory_mb: int = DEFAULT_MEMORY_MB,
+        memory_mb: int | None = None,
         cpus: float = 1.0,
         max_processes: int = 256,
         disk_mb: int | None = None,
@@ -180,6 +186,8 @@ class SandboxService:
     ) -> Sandbox:
         """Create a sandbox for the caller; returns its record.
 
+        ``ttl_minutes`` and ``memory_mb`` default to the settings ``default_ttl``
+        and ``default_memory_mb`` (10 and 1024 unless configured).
         ``disk_mb`` bounds every file the sandbox writes (home, /tmp); they live in
         memory, so it defaults to 512 or half of ``memory_mb``, and may be at most
         ``memory_mb`` less 128.  Raises InvalidArgument for bad values (before
@@ -190,9 +198,13 @@ class SandboxService:
             raise InvalidArgument("a sandbox name is required")
         if len(name) > 200 or any(ch in name for ch in "\0\n\r"):
             raise InvalidArgument("a sandbox name is one line of at most 200 characters")
+        if ttl_minutes is None:
+            ttl_minutes = self.settings.default_ttl
         ttl = whole_number(ttl_minutes, "ttl_minutes", 1, MAX_TTL_MINUTES)
         provider_name = provider or self.default_provider
         backend = self.provider(provider_name)
+        if memory_mb is None:
+            memory_mb = self.settings.default_memory_mb
         memory = whole_number(memory_mb, "memory_mb", 64, backend.memory_capacity_mb() or 1 << 20)
         if disk_mb is None:
             disk = min(DEFAULT_DISK_MB, memory // 2)
@@ -278,7 +290,7 @@ class SandboxService:
         sandbox_id: str,
         language: str,
         code: str,
-        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        timeout: float | None = None,
         *,
         fresh: bool = False,
         on_stdout: OutputCallback | None = None,
@@ -287,6 +299,8 @@ class SandboxService:
         env: dict | None = None,
         filename: str | None = None,
         execution_count: int | None = None,
+        cancel: Cancel | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> RunResult:
         """Run code; returns its stdout, stderr, exit_code, execution_time, results and error.
 
@@ -300,12 +314,19 @@ class SandboxService:
         is set, tracebacks name the file and no value is shown;
         ``execution_count`` numbers the cell (``Cell In[n]``), as a notebook does.
         Output is passed to ``on_stdout``/``on_stderr``/``on_result`` as it is produced.
+        ``cancel.cancel()`` from another thread ends the run (RunCancelled).
+        ``on_start`` is called once the input is checked and the sandbox found, just
+        before the code is sent (a streaming front end answers then: its errors before
+        that point are the caller's, after it they are the run's).
         Raises SandboxTimeout (with ``.result``) when the run exceeds ``timeout``;
         an interrupted Python cell keeps the kernel's state.
         """
         language = normalize_language(language)
         code = check_code(code)
+        if timeout is None:
+            timeout = self.settings.default_timeout
         seconds = positive_number(timeout, "timeout", MAX_TIMEOUT_SECONDS, "seconds")
+        max_output_chars = self.settings.max_output_chars
         stateful = language == "python" and not fresh
         if stateful and env:
             raise InvalidArgument("env applies to fresh runs: the kernel's environment is the sandbox's")
@@ -315,6 +336,8 @@ class SandboxService:
         # Not expirable while it runs: the TTL counts idle time only.
         self._touch(row, extra_seconds=seconds + 30)
         backend = self.provider(row["provider"])
+        if on_start is not None:
+            on_start()
         try:
             if stateful:
                 outcome = backend.execute(
@@ -322,12 +345,13 @@ class SandboxService:
                     row["provider_state"],
                     code,
                     timeout=seconds,
-                    max_output_chars=MAX_OUTPUT_CHARS,
+                    max_output_chars=max_output_chars,
                     on_stdout=on_stdout,
                     on_stderr=on_stderr,
                     on_result=on_result,
                     filename=filename,
                     execution_count=execution_count,
+                    cancel=cancel,
                 )
             else:
                 outcome = backend.run(
@@ -336,12 +360,15 @@ class SandboxService:
                     language,
                     code,
                     timeout=seconds,
-                    max_output_chars=MAX_OUTPUT_CHARS,
+                    max_output_chars=max_output_chars,
                     env=env,
                     on_stdout=on_stdout,
                     on_stderr=on_stderr,
+                    cancel=cancel,
                 )
         except AgentUnreachable as exc:
+            if cancel is not None and cancel.cancelled:
+                raise RunCancelled(f"the run in {row['sandbox_id']} was cancelled") from None
             raise self._unreachable(row, backend, exc) from None
         finally:
             self._touch(row)
@@ -491,13 +518,9 @@ class SandboxService:
         return Metrics.from_usage(row["sandbox_id"], usage, time.time())
 
     # ---- files
-    @staticmethod
-    def max_file_bytes() -> int:
-        """The largest file a read or download takes from a box: ``NEXUS_MAX_FILE_MB`` MiB (default 256)."""
-        raw = os.environ.get("NEXUS_MAX_FILE_MB", "").strip()
-        if not raw:
-            return DEFAULT_MAX_FILE_MB << 20
-        return whole_number(raw, "NEXUS_MAX_FILE_MB", 1, 1 << 20) << 20
+    def max_file_bytes(self) -> int:
+        """The largest file a read or download takes from a box (the ``max_file_mb`` setting)."""
+        return self.settings.max_file_bytes
 
     def _file_target(self, caller: Caller, sandbox_id: str) -> tuple[dict, Provider]:
         self._reap_expired()
@@ -514,7 +537,9 @@ class SandboxService:
         except AgentUnreachable as exc:
             raise self._unreachable(row, backend, exc) from None
         except SandboxError as exc:
-            raise SandboxError(f"cannot {verb} {path}: {exc}") from None
+            raise (PathNotFound if isinstance(exc, PathNotFound) else SandboxError)(
+                f"cannot {verb} {path}: {exc}"
+            ) from None
 
     def write_file(self, caller: Caller, sandbox_id: str, path: str, content: bytes | str | IO[bytes]) -> dict:
         """Write ``content`` to ``path`` (relative to the sandbox home); returns ``{"path", "size"}``."""

@@ -152,7 +152,8 @@ class Connection:
         try:
             handler(request)
         except (OSError, ValueError) as exc:
-            self.send({"ev": "error", "message": _error_text(exc)})
+            # errno lets the host tell "no such file" (a 404 over REST) from other failures.
+            self.send({"ev": "error", "message": _error_text(exc), "errno": getattr(exc, "errno", None)})
 
     # ---- housekeeping
     def op_ping(self, request):

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the client (sockets, hmac) is loaded by the providers that 
     from ..agent_client import AgentClient
 
 from ..errors import AgentUnreachable, ProviderUnavailable
-from .base import Feature, OutputCallback, Provider, ResultCallback
+from .base import Cancel, Feature, OutputCallback, Provider, ResultCallback
 
 OOM_NOTE = "[nexus: a process was killed: the sandbox ran out of memory]\n"
 BOX_CODE = "/opt/nexus"  # where the box-side code (nexus_jupyter/box) is mounted read-only
@@ -147,6 +147,7 @@ class AgentProvider(Provider):
         env: dict | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        cancel: Cancel | None = None,
     ) -> dict:
         def call(agent: AgentClient) -> dict:
             return agent.run(
@@ -157,6 +158,7 @@ class AgentProvider(Provider):
                 max_output_chars=max_output_chars,
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
+                cancel=cancel,
             )
 
         return self._with_oom_note(sandbox_id, state, call, on_stderr)
@@ -174,6 +176,7 @@ class AgentProvider(Provider):
         on_result: ResultCallback | None = None,
         filename: str | None = None,
         execution_count: int | None = None,
+        cancel: Cancel | None = None,
     ) -> dict:
         def call(agent: AgentClient) -> dict:
             return agent.execute(
@@ -185,6 +188,7 @@ class AgentProvider(Provider):
                 on_result=on_result,
                 filename=filename,
                 execution_count=execution_count,
+                cancel=cancel,
             )
 
         return self._with_oom_note(sandbox_id, state, call, on_stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,14 +91,33 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def pool_size_setting(variable: str, default: int) -> int:
-    """A warm pool's size from the environment: a whole number from 0 (off) to 64."""
-    raw = os.environ.get(variable, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) > 64:
-        raise InvalidArgument(f"{variable} must be a whole number from 0 (no pool) to 64, not {raw!r}")
-    return int(raw)
+class Cancel:
+    """Lets another thread end a run under way (a REST client that went away): the run's
+    connection to the box is closed, which the box takes as an interrupt.  A Python cell's
+    state is kept, as when a notebook interrupts it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._hooks: list[Callable[[], None]] = []
+        self.cancelled = False
+
+    def on_cancel(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` when cancelled (at once if it already was)."""
+        with self._lock:
+            if not self.cancelled:
+                self._hooks.append(hook)
+                return
+        hook()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except OSError:
+                pass  # the connection was already closed: the run has ended
 
 
 class BoxSpec:
@@ -194,9 +214,11 @@ class Provider(ABC):
         env: dict | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        cancel: Cancel | None = None,
     ) -> dict:
         """Run code in a fresh process; returns stdout, stderr, exit_code, execution_time,
-        timed_out and oom_killed.  Output goes to the callbacks as it is produced."""
+        timed_out and oom_killed.  Output goes to the callbacks as it is produced; a
+        ``cancel`` from another thread ends the run (AgentUnreachable or the provider's own)."""
 
     def execute(
         self,
@@ -211,6 +233,7 @@ class Provider(ABC):
         on_result: ResultCallback | None = None,
         filename: str | None = None,
         execution_count: int | None = None,
+        cancel: Cancel | None = None,
     ) -> dict:
         """Run a Python cell in the box's stateful runtime (with Feature.STATEFUL_PYTHON); as ``run``,
         plus ``results`` (MIME bundles) and ``error`` (name, value, traceback)."""
@@ -233,6 +256,10 @@ class Provider(ABC):
         raise ProviderNotSupported(f"the {self.display_name} provider has no metrics")
 
     # ---- housekeeping and machine facts
+    def keep_warm(self) -> None:
+        """Start spare boxes up to the pool size, in the background (with Feature.WARM_POOL)."""
+        return None  # a provider without a pool has nothing to start
+
     def prune(self) -> list[str]:
         """Remove spare resources that ended on their own (e.g. warm-pool boxes); returns their names."""
         return []

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..agent_client import AgentClient, new_agent_key
 from ..errors import ProviderUnavailable, SandboxError
+from ..settings import POOL_SETTINGS
 from . import network
 from .agent_box import (
     BOX_AGENT,
@@ -41,7 +42,7 @@ from .agent_box import (
     box_environment,
     box_host_uid,
 )
-from .base import BoxSpec, Feature, filesystem_usage, pool_size_setting, private_dir, process_tree
+from .base import BoxSpec, Feature, filesystem_usage, private_dir, process_tree
 from .docker_relay import connect_through_exec, send_config_through_attach
 
 DEFAULT_IMAGE = "nexus-jupyter-sandbox:latest"
@@ -136,7 +137,7 @@ class DockerProvider(AgentProvider):
         self._client = None
         # Containers kept started per template so create hands one out at once.
         # Off by default (a CLI process would not live to refill it); a server turns it on.
-        self.pool_size = pool_size_setting("NEXUS_DOCKER_POOL_SIZE", default=0)
+        self.pool_size = POOL_SETTINGS["docker"].from_environment()
         self._pool_lock = threading.Lock()
         self._info: dict | None = None
         self._code_volume: str | None = None
@@ -222,7 +223,9 @@ class DockerProvider(AgentProvider):
     def create(self, spec: BoxSpec) -> dict:
         image = spec.template_id or DEFAULT_IMAGE
         try:
-            if self.pool_size > 0 and _poolable(spec):
+            # Any process claims a spare container, whoever started it (a notebook
+            # kernel claims the Jupyter server's); pool_size is what this one keeps.
+            if _poolable(spec):
                 claimed = self._claim_from_pool(spec, image)
                 if claimed is not None:
                     return claimed
@@ -230,6 +233,10 @@ class DockerProvider(AgentProvider):
         finally:
             if self.pool_size > 0:
                 self.refill_pool_in_background(image)
+
+    def keep_warm(self) -> None:
+        if self.pool_size > 0:
+            self.refill_pool_in_background()
 
     def _start_container(self, box_id: str, spec: BoxSpec, image: str, pool: bool) -> dict:
         """Create and start one hardened container for ``box_id`` (a sandbox id, or a pool slot)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..agent_client import AgentClient, new_agent_key
 from ..errors import ProviderUnavailable
+from ..settings import POOL_SETTINGS
 from .agent_box import (
     BOX_CODE_SOURCE,
     AgentProvider,
@@ -37,7 +38,6 @@ from .base import (
     BoxSpec,
     Feature,
     filesystem_usage,
-    pool_size_setting,
     private_dir,
     process_start_time,
     process_tree,
@@ -110,7 +110,7 @@ class LocalProvider(AgentProvider):
         self._cgroup_reason: str | None = None
         # Boxes kept started, their Python runtime warm, so create hands one out at once
         # (local_pool.py).  One by default: a pool box idles at ~45 MiB and ends itself.
-        self.pool_size = pool_size_setting("NEXUS_LOCAL_POOL_SIZE", default=1)
+        self.pool_size = POOL_SETTINGS["local"].from_environment()
         self.pool = LocalPool(self)
 
     # ---- machine capabilities
@@ -167,13 +167,19 @@ class LocalProvider(AgentProvider):
 
     # ---- lifecycle
     def create(self, spec: BoxSpec) -> dict:
-        pooled = self.pool_size > 0 and self.pool.fits(spec)
+        # Any process claims a spare box that fits, whoever started it (a notebook
+        # kernel claims the Jupyter server's); pool_size is what this one keeps.
+        pooled = self.pool.fits(spec)
         try:
             state = self.pool.claim(spec) if pooled else None
             return state if state is not None else self.start_box(spec)
         finally:
             if pooled:
-                self.pool.refill_in_background(self.pool_size)
+                self.keep_warm()
+
+    def keep_warm(self) -> None:
+        if self.pool_size > 0:
+            self.pool.refill_in_background(self.pool_size)
 
     def start_box(self, spec: BoxSpec, background: bool = False) -> dict:
         """Start a new box named ``spec.sandbox_id`` (a sandbox id, or a pool slot started

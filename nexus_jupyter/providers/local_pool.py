@@ -162,9 +162,9 @@ class LocalPool:
         try:
             self._prune_locked()
             started = 0
-            for _ in range(size):
-                if len(self.slots()) >= size:
-                    break
+            # Checked again after each box: one claimed while this fill ran is replaced too
+            # (the claimer found the lock held and left the refill to this one).
+            while len(self.slots()) < size and started < 2 * size + 2:
                 self._start_slot()
                 started += 1
             return started

@@ -1,0 +1,186 @@
+"""The Jupyter server extension ``nexus_jupyter``: one sandbox service for the server's life.
+
+It holds the service (the store, the providers with their Docker client and warm
+pools) and serves every request with the request's user (``handlers.py``: the
+REST API under ``{base_url}nexus/api/``).  It runs the reaper every
+``reap_interval`` seconds, the first pass as it starts (reconciling what happened
+while no server ran), and keeps the providers' warm pools filled, so a notebook
+kernel's first ``%%sandbox`` cell claims a box whose Python is already running.
+Store and provider calls run in a thread pool, never on the event loop.
+
+Enabled by ``jupyter-config/jupyter_server_config.d/nexus_jupyter.json``, which
+``pip install`` puts in ``etc/jupyter``.  Settings::
+
+    c.NexusSandboxApp.reap_interval = 30
+    c.NexusSandboxApp.admin_users = {"alice"}
+    c.SandboxService.default_ttl = 60         # and the rest of config.py
+    c.LocalProvider.pool_size = 2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import ClassVar
+
+from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.utils import url_path_join
+from traitlets import Enum, Float, Int, Set, Unicode, default
+
+from .background import open_lock, try_lock
+from .config import CONFIGURABLES, configured_settings
+from .errors import SandboxError
+from .service import Caller, SandboxService
+
+API_PREFIX = "nexus/api"
+
+
+class NexusSandboxApp(ExtensionApp):
+    """Sandboxes for Jupyter: the REST API, the TTL reaper and the warm pools."""
+
+    name = "nexus_jupyter"
+    description = "Secure, disposable code sandboxes, hosted by Jupyter Server"
+    load_other_extensions = True
+    classes: ClassVar[list] = list(CONFIGURABLES)
+
+    reap_interval = Float(
+        30.0, help="Seconds between passes of the reaper (expired, vanished and orphaned sandboxes)"
+    ).tag(config=True)
+    data_dir = Unicode(
+        help="Where the sandbox store lives [default: $NEXUS_DATA_DIR, else <jupyter data dir>/nexus]"
+    ).tag(config=True)
+    owner = Unicode(
+        help="The user that owns sandboxes when the server cannot tell its users apart "
+        "(one shared token or password) [default: $NEXUS_USER, else the OS user]: "
+        "the same user a notebook kernel's %%sandbox acts as"
+    ).tag(config=True)
+    users = Enum(
+        ["auto", "owner", "identity"],
+        "auto",
+        help="Who owns a request's sandboxes: 'identity' = the Jupyter user's name (JupyterHub, API keys), "
+        "'owner' = the owner setting for every request, 'auto' = 'owner' for Jupyter's shared-token login "
+        "and 'identity' for any other identity provider",
+    ).tag(config=True)
+    admin_users = Set(Unicode(), help="Users who may see and act on every user's sandboxes").tag(config=True)
+    max_workers = Int(32, help="Store and provider calls that may run at once (each run holds one)").tag(config=True)
+
+    @default("owner")
+    def _default_owner(self) -> str:
+        return os.environ.get("NEXUS_USER") or getpass.getuser()
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        from .store import default_data_dir
+
+        return str(default_data_dir())
+
+    def initialize_settings(self) -> None:
+        self.sandbox_settings, self.configurables = configured_settings(parent=self)
+        if "pool_size" not in self.config.get("DockerProvider", {}) and not os.environ.get("NEXUS_DOCKER_POOL_SIZE"):
+            # A server lives to refill it (a CLI call would not): one spare container,
+            # started only when Docker and the image are there.
+            self.sandbox_settings.set_pool_size("docker", 1)
+        self.service = SandboxService(Path(self.data_dir), settings=self.sandbox_settings)
+        self.executor = ThreadPoolExecutor(self.max_workers, thread_name_prefix="nexus")
+        self.runs_in_flight = 0
+        self._reaper_task: asyncio.Task | None = None
+        self.settings.update({"nexus_jupyter_app": self})
+        self.log.info(
+            "nexus_jupyter: sandboxes in %s, default provider %s, reaping every %gs",
+            self.service.data_dir,
+            self.service.default_provider,
+            self.reap_interval,
+        )
+
+    def initialize_handlers(self) -> None:
+        from .handlers import route_table
+
+        self.handlers.extend(route_table(API_PREFIX))
+
+    async def _start_jupyter_server_extension(self, serverapp) -> None:
+        self._reaper_task = asyncio.create_task(self._reap_forever())
+
+    async def stop_extension(self) -> None:
+        if self._reaper_task is not None:
+            self._reaper_task.cancel()
+            try:
+                await self._reaper_task
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- who is asking
+    def caller_for(self, user) -> Caller:
+        """The sandbox owner of a request by ``user`` (a jupyter_server ``User``)."""
+        if self._users_mode() == "owner":
+            name = self.owner
+        else:
+            name = getattr(user, "username", None) or str(user)
+        return Caller(name, name in self.admin_users)
+
+    def _users_mode(self) -> str:
+        if self.users != "auto":
+            return self.users
+        from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider
+
+        # Jupyter's own providers know one shared secret, not people: each browser gets
+        # a made-up "Anonymous ..." name, and all of them are the server's owner.
+        shared = type(self.serverapp.identity_provider) in (IdentityProvider, PasswordIdentityProvider)
+        return "owner" if shared else "identity"
+
+    def current_activity(self) -> bool:
+        """Runs under way count as activity (the server's idle culling must not stop them)."""
+        return self.runs_in_flight > 0
+
+    # ---- work off the event loop
+    async def off_loop(self, function, *args, **kwargs):
+        """``function(*args, **kwargs)`` in the thread pool: the event loop never waits on
+        SQLite, a container's removal or a run."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: function(*args, **kwargs))
+
+    def mark_active(self) -> None:
+        """A run is streaming: the server is in use (its idle culling must not stop it)."""
+        activity = self.serverapp.web_app.settings.setdefault("last_activity_times", {})
+        activity[self.name] = datetime.now(timezone.utc)
+
+    # ---- the reaper
+    async def _reap_forever(self) -> None:
+        """Reap now (reconcile what happened while no server ran), then every ``reap_interval``."""
+        while True:
+            try:
+                report = await self.off_loop(self.reap_once)
+                if report and any(report.values()):
+                    self.log.info("nexus_jupyter reaped: %s", {k: v for k, v in report.items() if v})
+            except SandboxError as exc:
+                self.log.warning("nexus_jupyter: reaping failed: %s", exc)
+            except Exception:
+                self.log.exception("nexus_jupyter: reaping failed")
+            if self.runs_in_flight:
+                self.mark_active()
+            await asyncio.sleep(self.reap_interval)
+
+    def reap_once(self) -> dict | None:
+        """One pass (unless a background pass holds the lock), then top the warm pools up."""
+        lock = open_lock(self.service.data_dir / "reap.lock")
+        try:
+            report = self.service.reap() if try_lock(lock) else None
+        finally:
+            os.close(lock)
+        for name in ("local", "docker"):
+            try:
+                self.service.provider(name).keep_warm()
+            except SandboxError as exc:
+                self.log.debug("nexus_jupyter: no warm pool for %s: %s", name, exc)
+        return report
+
+    def api_url(self, *parts: str) -> str:
+        return url_path_join(self.serverapp.base_url, API_PREFIX, *parts)
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    return [{"module": "nexus_jupyter.serverextension", "app": NexusSandboxApp}]
