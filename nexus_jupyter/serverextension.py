@@ -120,7 +120,8 @@ class NexusSandboxApp(ExtensionApp):
             name = self.owner
         else:
             name = getattr(user, "username", None) or str(user)
-        return Caller(name, name in self.admin_users)
+        # Admins: named in admin_users, or marked so by the identity provider (an admin API key).
+        return Caller(name, name in self.admin_users or getattr(user, "is_admin", False) is True)
 
     def _users_mode(self) -> str:
         if self.users != "auto":

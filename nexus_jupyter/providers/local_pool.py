@@ -77,7 +77,10 @@ class LocalPool:
             (name, os.stat(BOX_CODE_SOURCE / name).st_mtime_ns, os.stat(BOX_CODE_SOURCE / name).st_size)
             for name in BOX_CODE_FILES
         ]
-        made_of = [choose_isolation(), _interpreters(), _runtime_paths(), str(BOX_CODE_SOURCE), code]
+        # The interpreters as files, not as spelled: a server started as python3.11 and a
+        # kernel started as python run the same Python (a venv's shows in sys.prefix).
+        interpreters = {name: os.path.realpath(path) for name, path in _interpreters().items()}
+        made_of = [choose_isolation(), interpreters, _runtime_paths(), sys.prefix, str(BOX_CODE_SOURCE), code]
         return json.dumps(made_of, sort_keys=True)
 
     def slots(self) -> list[str]:
