@@ -21,6 +21,7 @@ import hmac
 import os
 from dataclasses import dataclass
 
+from jupyter_server.auth.authorizer import Authorizer
 from jupyter_server.auth.identity import IdentityProvider, User
 from traitlets import Unicode, default
 
@@ -130,3 +131,12 @@ class ApiKeyIdentityProvider(IdentityProvider):
             self.log.critical("nexus: no API key (NEXUS_API_KEY) and no keys file: every request will be refused")
         if self.keys_file:
             read_keys_file(self.keys_file)  # a malformed file stops the server now, with its line
+
+
+class SandboxesOnlyAuthorizer(Authorizer):
+    """Only the sandbox API: a key opens sandboxes, never a kernel, a terminal or a file on the
+    server's host (those would run code outside any sandbox).  For ``nexus serve``."""
+
+    def is_authorized(self, handler, user, action: str, resource: str) -> bool:
+        # /api/status and /api/me (read) tell a client the server is up and who it is
+        return resource == "nexus_sandboxes" or (resource == "api" and action == "read")

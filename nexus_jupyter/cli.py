@@ -378,6 +378,23 @@ def template_build(tag, base, mirror, rebuild_base):
     build_template(client, tag or DEFAULT_TAG, base or BASE_IMAGE, mirror or DEFAULT_MIRROR, rebuild_base, progress)
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on")
+@click.option("--port", type=int, default=2026, show_default=True, help="Port to listen on")
+@click.option("--keys-file", type=click.Path(dir_okay=False), help="API keys of a team: '<key> <user> [admin]' lines")
+@click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
+def serve(host, port, keys_file, server_args):
+    """Serve the sandbox API (REST) for remote clients: NEXUS_URL and NEXUS_API_KEY.
+
+    The key it accepts is NEXUS_API_KEY in its environment (one user), or
+    those of --keys-file.  Extra arguments go to Jupyter Server
+    (e.g. --NexusSandboxApp.reap_interval=10).
+    """
+    from .serve import serve as run_server
+
+    run_server(host, port, keys_file, list(server_args))
+
+
 def cli(argv: list[str] | None = None) -> int:
     """Entry point: runs click without its own error handling so every error is one line."""
     try:

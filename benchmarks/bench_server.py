@@ -1,0 +1,176 @@
+"""Benchmark of the Jupyter server extension: the REST API against the direct Python API, and the
+first ``%%sandbox`` cell of a new notebook with and without the warm box the server keeps.
+
+    python benchmarks/bench_server.py [--repeat 30] [--notebooks 5]
+
+Prints medians (ms).  REST calls go through one keep-alive HTTP connection (as a
+client library holds one) to a real ``jupyter server`` on loopback; the direct
+calls are SandboxManager's in this process, on the same store, in the same run.
+The first cell is timed from a new kernel (``%load_ext nexus_jupyter`` already
+run, as a notebook's first cell would) sending ``%%sandbox python`` to its
+answer: its sandbox is created on that cell.  Baselines: ``print(2+2)`` in a
+kernel with no sandbox, and the server's start time beside ``python -c pass``.
+Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import requests
+from jupyter_client.manager import KernelManager
+from jupyter_servers import JupyterServer
+
+from nexus_jupyter import SandboxManager
+from nexus_jupyter.providers.local import LocalProvider
+
+
+def timed_call(fn, *args, **kwargs) -> tuple[float, object]:
+    """(milliseconds, result) of ``fn(*args, **kwargs)``."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return (time.perf_counter() - start) * 1000, result
+
+
+def rest_against_direct(root: Path, n: int) -> dict:
+    """create, a warm print(2+2), stop: over REST and directly, alternating, pools off."""
+    data_dir = root / "data"
+    server = JupyterServer(root, data_dir)
+    session = requests.Session()
+    session.headers.update(server.headers())
+    api = server.api
+
+    def rest_run(sandbox_id: str) -> None:
+        answer = session.post(f"{api}/sandboxes/{sandbox_id}/run", json={"code": "print(2+2)"})
+        assert json.loads(answer.text.splitlines()[-1])["result"]["stdout"] == "4\n"
+
+    nx = SandboxManager(data_dir, warm_pool=0)
+    figures: dict[str, list[float]] = {k: [] for k in ("create", "run", "stop")}
+    direct: dict[str, list[float]] = {k: [] for k in ("create", "run", "stop")}
+    try:
+        for _ in range(max(n // 3, 5)):
+            ms, answer = timed_call(session.post, f"{api}/sandboxes", json={"name": "b"})
+            figures["create"].append(ms)
+            over_rest = answer.json()["sandbox_id"]
+            ms, record = timed_call(nx.sandbox_create, "b")
+            direct["create"].append(ms)
+            mine = record["sandbox_id"]
+            rest_run(over_rest)  # each box's runtime started before the timed runs
+            nx.sandbox_run(mine, "python", "0")
+            for _ in range(3):
+                figures["run"].append(timed_call(rest_run, over_rest)[0])
+                direct["run"].append(timed_call(nx.sandbox_run, mine, "python", "print(2+2)")[0])
+            figures["stop"].append(timed_call(session.post, f"{api}/sandboxes/{over_rest}/stop")[0])
+            direct["stop"].append(timed_call(nx.sandbox_stop, mine)[0])
+    finally:
+        server.stop()
+        LocalProvider(data_dir).pool.drain()
+    return {k: (statistics.median(figures[k]), statistics.median(direct[k])) for k in figures}
+
+
+def first_cells(root: Path, pooled: bool, notebooks: int) -> float:
+    """The first %%sandbox cell of each of ``notebooks`` new kernels, with the server running."""
+    data_dir = root / "data"
+    pool = "1" if pooled else "0"
+    server = JupyterServer(root, data_dir, ["--NexusSandboxApp.reap_interval=1", f"--LocalProvider.pool_size={pool}"])
+    samples = []
+    try:
+        for number in range(notebooks):
+            if pooled:
+                deadline = time.monotonic() + 60
+                while not LocalProvider(data_dir).pool.slots() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(1.0)  # the box's runtime warms itself after it is ready
+            env = {**os.environ, "NEXUS_DATA_DIR": str(data_dir), "NEXUS_LOCAL_POOL_SIZE": pool,
+                   "JPY_SESSION_NAME": f"bench-{number}.ipynb"}  # fmt: skip
+            kernel = KernelManager(kernel_name="python3")
+            kernel.start_kernel(env=env, extra_arguments=["--HistoryManager.enabled=False"])
+            client = kernel.blocking_client()
+            client.start_channels()
+            client.wait_for_ready(timeout=60)
+            try:
+                client.execute_interactive("%load_ext nexus_jupyter", output_hook=lambda msg: None, timeout=60)
+                outputs: list = []
+                cell = "%%sandbox python\nprint(2+2)"
+                samples.append(timed_call(client.execute_interactive, cell, output_hook=outputs.append, timeout=60)[0])
+                printed = [m["content"].get("text") for m in outputs if m["msg_type"] == "stream"]
+                assert printed == ["4\n"], outputs
+            finally:
+                client.stop_channels()
+                kernel.shutdown_kernel(now=True)
+    finally:
+        server.stop()
+        admin = SandboxManager(data_dir, is_admin=True, warm_pool=0)
+        for row in admin.store.select(include_stopped=False):
+            admin.sandbox_stop(row["sandbox_id"])
+        LocalProvider(data_dir).pool.drain()
+    return statistics.median(samples)
+
+
+def kernel_baseline(n: int) -> float:
+    kernel = KernelManager(kernel_name="python3")
+    kernel.start_kernel(extra_arguments=["--HistoryManager.enabled=False"])
+    client = kernel.blocking_client()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    try:
+        quiet = {"output_hook": lambda msg: None}
+        return statistics.median(timed_call(client.execute_interactive, "print(2+2)", **quiet)[0] for _ in range(n))
+    finally:
+        client.stop_channels()
+        kernel.shutdown_kernel(now=True)
+
+
+def server_start(root: Path) -> tuple[float, float]:
+    """Seconds from launch to the first answer: jupyter server with the extension, and `python -c pass`."""
+    starts = []
+    for attempt in range(3):
+        started = time.perf_counter()
+        server = JupyterServer(root / f"start{attempt}", root / f"start{attempt}" / "data")
+        starts.append(time.perf_counter() - started)
+        server.stop()
+    bare = statistics.median(
+        timed_call(subprocess.run, [sys.executable, "-c", "pass"], check=True)[0] / 1000 for _ in range(5)
+    )
+    return statistics.median(starts), bare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--notebooks", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-") as tmp:
+        root = Path(tmp)
+        for name in ("rest", "cold", "pool", "start0", "start1", "start2"):
+            (root / name).mkdir()
+        rest = rest_against_direct(root / "rest", args.repeat)
+        cold = first_cells(root / "cold", False, args.notebooks)
+        warm = first_cells(root / "pool", True, args.notebooks)
+        start, bare = server_start(root)
+    base = kernel_baseline(args.repeat)
+    print("REST API against the direct Python API, local provider, pools off (median ms)")
+    print(f"{'operation':<22}{'REST':>9}{'direct':>9}{'REST - direct':>15}")
+    for name, label in (("create", "create"), ("run", "warm print(2+2)"), ("stop", "stop")):
+        over_rest, direct = rest[name]
+        print(f"{label:<22}{over_rest:9.1f}{direct:9.1f}{over_rest - direct:15.1f}")
+    print(f"\nfirst %%sandbox cell of a new notebook, server running (median of {args.notebooks}, ms)")
+    print(f"{'no warm box':>14}{'warm box':>11}{'print(2+2) in a kernel, no sandbox':>37}")
+    print(f"{cold:14.0f}{warm:11.1f}{base:37.1f}")
+    print(f"\njupyter server start with the extension: {start:.2f} s (python -c pass: {bare:.3f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""``nexus serve``: the headless sandbox server of the seed's remote mode, and its API keys."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from jupyter_servers import free_port
+
+from conftest import destroy_everything_in
+
+pytestmark = pytest.mark.skipif("local" not in os.environ.get("NEXUS_TEST_PROVIDERS", "local"), reason="local only")
+
+
+def start_serve(data_dir, *args, env=None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if k not in ("NEXUS_API_KEY", "NEXUS_USER")}
+    environment.update({"NEXUS_DATA_DIR": str(data_dir), "NEXUS_LOCAL_POOL_SIZE": "0", **(env or {})})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nexus_jupyter", "serve", "--port", str(port), *args],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            requests.get(f"{url}/api/status", timeout=5)
+            return process, url
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise AssertionError("nexus serve did not start")
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.terminate()
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate(timeout=10)
+    return output
+
+
+def test_serve_refuses_a_public_address_without_a_key(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "nexus_jupyter", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        env={k: v for k, v in {**os.environ, "NEXUS_DATA_DIR": str(tmp_path)}.items() if k != "NEXUS_API_KEY"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "Error: refusing to serve 0.0.0.0 without an API key: set NEXUS_API_KEY (one user) or pass --keys-file "
+        "(a team), or serve 127.0.0.1"
+    ]
+    bad_keys = tmp_path / "keys"
+    bad_keys.write_text("short alice\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "nexus_jupyter", "serve", "--keys-file", str(bad_keys), "--port", str(free_port())],
+        env={**os.environ, "NEXUS_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"Error: {bad_keys} line 1: a key must be at least 16 characters"
+
+
+def test_a_key_opens_the_sandbox_api_and_nothing_else_on_the_host(tmp_path):
+    key = "k" * 32
+    process, url = start_serve(tmp_path / "data", env={"NEXUS_API_KEY": key, "NEXUS_USER": "carol"})
+    try:
+        with_key = {"Authorization": f"Bearer {key}"}
+        created = requests.post(f"{url}/nexus/api/sandboxes", json={"name": "remote"}, headers=with_key, timeout=60)
+        assert created.status_code == 201 and created.json()["user_id"] == "carol"
+        assert requests.get(f"{url}/nexus/api/sandboxes", timeout=30).status_code == 403
+        assert (
+            requests.get(f"{url}/nexus/api/sandboxes", headers={"Authorization": "Bearer " + "x" * 32}).status_code
+            == 403
+        )
+        # a kernel, a file, a terminal of the host would be code outside any sandbox
+        assert requests.post(f"{url}/api/kernels", headers=with_key, timeout=30).status_code == 403
+        assert requests.get(f"{url}/api/contents", headers=with_key, timeout=30).status_code == 403
+        assert requests.get(f"{url}/api/terminals", headers=with_key, timeout=30).status_code in (403, 404)
+        assert requests.get(f"{url}/lab", headers=with_key, timeout=30).status_code == 404  # nothing else loaded
+    finally:
+        output = stop(process)
+        destroy_everything_in(tmp_path / "data")
+    assert key not in output
+
+
+def test_without_a_key_it_serves_loopback_under_a_key_only_this_user_can_read(tmp_path):
+    data_dir = tmp_path / "data"
+    process, url = start_serve(data_dir)
+    try:
+        key_file = data_dir / "serve.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        key = key_file.read_text().strip()
+        assert len(key) >= 32
+        answer = requests.get(f"{url}/nexus/api/sandboxes", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert answer.status_code == 200
+        assert requests.get(f"{url}/nexus/api/sandboxes", timeout=30).status_code == 403
+    finally:
+        output = stop(process)
+    assert f'NEXUS_API_KEY="$(cat {data_dir / "serve.key"})"' in output
+    assert key not in output
