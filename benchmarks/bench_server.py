@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import requests
 from jupyter_client.manager import KernelManager
-from jupyter_servers import JupyterServer
+from jupyter_servers import JupyterServer, NexusServe
 
 from nexus_jupyter import SandboxManager
 from nexus_jupyter.providers.local import LocalProvider
@@ -133,18 +133,23 @@ def kernel_baseline(n: int) -> float:
         kernel.shutdown_kernel(now=True)
 
 
-def server_start(root: Path) -> tuple[float, float]:
-    """Seconds from launch to the first answer: jupyter server with the extension, and `python -c pass`."""
-    starts = []
+def server_start(root: Path) -> tuple[float, float, float]:
+    """Seconds from launch to the first answer: jupyter server with the extension, `nexus serve`,
+    and `python -c pass`."""
+    jupyter, serve = [], []
     for attempt in range(3):
         started = time.perf_counter()
         server = JupyterServer(root / f"start{attempt}", root / f"start{attempt}" / "data")
-        starts.append(time.perf_counter() - started)
+        jupyter.append(time.perf_counter() - started)
         server.stop()
+        started = time.perf_counter()
+        headless = NexusServe(root / f"start{attempt}" / "serve")
+        serve.append(time.perf_counter() - started)
+        headless.stop()
     bare = statistics.median(
         timed_call(subprocess.run, [sys.executable, "-c", "pass"], check=True)[0] / 1000 for _ in range(5)
     )
-    return statistics.median(starts), bare
+    return statistics.median(jupyter), statistics.median(serve), bare
 
 
 def main() -> None:
@@ -159,7 +164,7 @@ def main() -> None:
         rest = rest_against_direct(root / "rest", args.repeat)
         cold = first_cells(root / "cold", False, args.notebooks)
         warm = first_cells(root / "pool", True, args.notebooks)
-        start, bare = server_start(root)
+        start, serve_start, bare = server_start(root)
     base = kernel_baseline(args.repeat)
     print("REST API against the direct Python API, local provider, pools off (median ms)")
     print(f"{'operation':<22}{'REST':>9}{'direct':>9}{'REST - direct':>15}")
@@ -169,7 +174,10 @@ def main() -> None:
     print(f"\nfirst %%sandbox cell of a new notebook, server running (median of {args.notebooks}, ms)")
     print(f"{'no warm box':>14}{'warm box':>11}{'print(2+2) in a kernel, no sandbox':>37}")
     print(f"{cold:14.0f}{warm:11.1f}{base:37.1f}")
-    print(f"\njupyter server start with the extension: {start:.2f} s (python -c pass: {bare:.3f} s)")
+    print(
+        f"\nstart to first answer: jupyter server with the extension {start:.2f} s, nexus serve {serve_start:.2f} s "
+        f"(python -c pass: {bare:.3f} s)"
+    )
 
 
 if __name__ == "__main__":

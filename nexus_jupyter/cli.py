@@ -111,7 +111,7 @@ def create(name, ttl, template, provider, agent_id, tenant_id, allow_internet, m
         cpus=cpus,
         env=variables,
     )
-    for notice in nx.provider(record["provider"]).notices():
+    for notice in nx.service.notices(record["provider"]):
         click.echo(f"Warning: {notice}", err=True)
     if as_json:
         _print_json(record)

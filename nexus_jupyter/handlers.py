@@ -136,7 +136,7 @@ class SandboxesHandler(NexusHandler):
     async def get(self):
         context = {
             key: self.get_query_argument(key)
-            for key in ("user", "agent_id", "tenant_id")
+            for key in ("user", "agent_id", "tenant_id", "name")
             if self.get_query_argument(key, None)
         }
         records = await self.call(

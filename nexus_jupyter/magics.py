@@ -185,11 +185,12 @@ class SandboxMagics(Magics):
             if status == "active":
                 return self.current
         name = self._notebook_sandbox_name()
-        live = self.manager.store.find_by_name(name, self.manager.user_id)
+        live = self.manager.sandbox_list({"name": name})["sandboxes"]  # this user's, through any service
         if live:
-            if live[0]["status"] == "paused":
-                raise UsageError(f"this notebook's sandbox {live[0]['sandbox_id']} is paused: run %sandbox resume")
-            self.current = live[0]["sandbox_id"]
+            newest = live[-1]
+            if newest["status"] == "paused":
+                raise UsageError(f"this notebook's sandbox {newest['sandbox_id']} is paused: run %sandbox resume")
+            self.current = newest["sandbox_id"]
         else:
             record = self.manager.sandbox_create(
                 name,

@@ -30,6 +30,9 @@ class SandboxManager:
     to ``$NEXUS_USER`` (else the OS user); ``is_admin`` to ``$NEXUS_ADMIN``;
     ``warm_pool`` sets every provider's warm pool size (None: each provider's default).
     ``service``: an existing service to act through (its data dir, providers and settings).
+    Remote mode: with ``url`` (else ``$NEXUS_URL``, unless a ``data_dir`` is given) every
+    call goes to that nexus server's REST API with ``api_key`` (else ``$NEXUS_API_KEY``);
+    the server decides who the caller is and applies its own defaults.
     Defaults (TTL, timeout, memory) are the service's settings (settings.py).
     """
 
@@ -42,7 +45,14 @@ class SandboxManager:
         is_admin: bool | None = None,
         warm_pool: int | None = None,
         service: SandboxService | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
     ):
+        if service is None and (url or (data_dir is None and os.environ.get("NEXUS_URL", "").strip())):
+            from .remote import RemoteService
+
+            url = url or os.environ["NEXUS_URL"].strip()
+            service = RemoteService(url, api_key or os.environ.get("NEXUS_API_KEY", "").strip())
         self.service = service or SandboxService(data_dir, default_provider=provider, warm_pool=warm_pool)
         self.default_provider = provider or self.service.default_provider
         self.caller = Caller(

@@ -73,6 +73,13 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+def from_iso(text: str | None) -> float | None:
+    """The Unix time of an ``iso`` string (a record that came as JSON, e.g. over REST)."""
+    if text is None:
+        return None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+
+
 class Sandbox(_Model):
     """One sandbox's record (times are Unix seconds here, ISO strings in ``to_dict``)."""
 
@@ -135,6 +142,24 @@ class Sandbox(_Model):
             ttl_minutes=row["ttl_minutes"],
             expires_at=row.get("expires_at"),
             uptime_seconds=round(max(end - row["created_at"], 0.0), 3),
+        )
+
+    @classmethod
+    def from_dict(cls, record: dict) -> Sandbox:
+        """The model of a record as ``to_dict`` gave it (so ``from_dict(r).to_dict() == r``)."""
+        return cls(
+            **{name: record.get(name) for name in ("sandbox_id", "name", "user_id", "agent_id", "tenant_id")},
+            provider=record["provider"],
+            template_id=record.get("template_id"),
+            status=SandboxStatus(record["status"]),
+            **{
+                name: from_iso(record.get(name))
+                for name in ("created_at", "last_active_at", "paused_at", "stopped_at", "expires_at")
+            },
+            ttl_minutes=record["ttl_minutes"],
+            uptime_seconds=record["uptime_seconds"],
+            verified=record.get("verified"),
+            provider_status=record.get("provider_status"),
         )
 
     def verified_as(self, verified: bool, provider_status: str | None) -> Sandbox:
@@ -207,6 +232,11 @@ class RunResult(_Model):
     execution_time: float
     results: list[RichOutput]
     error: RunError | None
+
+    @classmethod
+    def from_dict(cls, result: dict) -> RunResult:
+        """The model of a run's JSON (``to_dict``'s shape)."""
+        return cls.from_outcome(result)
 
     @classmethod
     def from_outcome(cls, outcome: dict) -> RunResult:
@@ -296,6 +326,10 @@ class Metrics(_Model):
             disk_limit_bytes=number("disk_limit_bytes"),
             measured_at=measured_at,
         )
+
+    @classmethod
+    def from_dict(cls, figures: dict) -> Metrics:
+        return cls(**{**figures, "measured_at": from_iso(figures["measured_at"])})
 
     def to_dict(self) -> dict:
         return {

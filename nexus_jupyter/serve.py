@@ -101,6 +101,7 @@ def serve(host: str, port: int, keys_file: str | None = None, extra: list[str] |
             f'  export NEXUS_URL=http://{host}:{port} NEXUS_API_KEY="$(cat {data_dir / "serve.key"})"',
             flush=True,
         )
+
     class NexusServeApp(NexusSandboxApp):
         load_other_extensions = False  # only the sandbox API: no JupyterLab, no terminals
 

@@ -470,7 +470,7 @@ class SandboxService:
     ) -> list[Sandbox]:
         """The caller's sandboxes (all users' filtered ones for admins).
 
-        ``context`` may hold ``user`` (or ``user_id``), ``agent_id`` and ``tenant_id``.
+        ``context`` may hold ``user`` (or ``user_id``), ``agent_id``, ``tenant_id`` and ``name``.
         With ``verify_status`` each record gains ``verified`` and ``provider_status``
         and rows whose box vanished are corrected.
         """
@@ -483,6 +483,7 @@ class SandboxService:
             user_id=user or caller.user_id,
             agent_id=context.get("agent_id"),
             tenant_id=context.get("tenant_id"),
+            name=context.get("name"),
             include_stopped=include_stopped,
         )
         now = time.time()
@@ -498,6 +499,10 @@ class SandboxService:
         if vanished:
             self.reaper.reap_in_background()  # what the vanished boxes left
         return records
+
+    def notices(self, provider: str) -> list[str]:
+        """What a user should know about how ``provider`` runs here (e.g. limits it cannot apply)."""
+        return self.provider(provider).notices()
 
     def metrics(self, caller: Caller, sandbox_id: str) -> Metrics:
         """What a live sandbox uses now: CPU time, memory (now, peak, limit), processes, disk.

@@ -197,10 +197,12 @@ class Store:
         agent_id: str | None = None,
         tenant_id: str | None = None,
         provider: str | None = None,
+        name: str | None = None,
         include_stopped: bool = False,
     ) -> list[dict]:
         clauses, params = [], []
         for column, value in (
+            ("name", name),
             ("user_id", user_id),
             ("agent_id", agent_id),
             ("tenant_id", tenant_id),

@@ -25,6 +25,9 @@ def _unshare_available() -> bool:
 
 # The attacks also run on boxes handed out by the local warm pool.
 POOL_SUITES = {"test_isolation"}
+# The CLI and API suites also run in the seed's remote mode: through a real `nexus serve`
+# (NEXUS_URL, NEXUS_API_KEY) on the local provider.
+REMOTE_SUITES = {"test_cli", "test_conformance"}
 # Suites about one provider run once, with that provider.
 SINGLE_PROVIDER_SUITES = {
     "test_local": "local",
@@ -44,6 +47,8 @@ def pytest_generate_tests(metafunc):
             variants.append("local+unshare")
         if module in POOL_SUITES and "local" in PROVIDERS:
             variants.append("local+pool")
+        if module in REMOTE_SUITES and "local" in PROVIDERS:
+            variants.append("local+remote")
         metafunc.parametrize("provider", variants, indirect=True)
 
 
@@ -51,7 +56,7 @@ def pytest_generate_tests(metafunc):
 def data_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "data"
     monkeypatch.setenv("NEXUS_DATA_DIR", str(path))
-    for name in ("NEXUS_USER", "NEXUS_ADMIN", "NEXUS_SANDBOX_PROVIDER"):
+    for name in ("NEXUS_USER", "NEXUS_ADMIN", "NEXUS_SANDBOX_PROVIDER", "NEXUS_URL", "NEXUS_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     # The local warm pool is on by default; the suites that are not about it run without
     # (a pool box per test would double the boxes on a 2-core machine): test_local_pool.py.
@@ -80,11 +85,49 @@ def provider(request, monkeypatch, data_dir) -> str:
     monkeypatch.setenv("NEXUS_LOCAL_ISOLATION", "unshare" if variant == "unshare" else "auto")
     if variant == "pool":
         monkeypatch.setenv("NEXUS_LOCAL_POOL_SIZE", "1")
-    return name
+    if variant != "remote":
+        yield name
+        return
+    server = request.getfixturevalue("nexus_server")
+    monkeypatch.setenv("NEXUS_URL", server.url)
+    monkeypatch.setenv("NEXUS_API_KEY", server.key)
+    yield name
+    # What the test left on the server goes with it, as a local test's boxes do.
+    cleanup = SandboxManager(server.data_dir, is_admin=True, warm_pool=0)
+    for row in cleanup.store.select(include_stopped=False):
+        cleanup.sandbox_stop(row["sandbox_id"])
+
+
+@pytest.fixture(scope="session")
+def nexus_server(tmp_path_factory):
+    """A real `nexus serve` on loopback for the remote-mode variants (started once, on first use)."""
+    from jupyter_servers import NexusServe
+
+    root = tmp_path_factory.mktemp("nexus-serve")
+    server = NexusServe(root / "data")
+    yield server
+    server.stop()
+    destroy_everything_in(root / "data")
+
+
+def remote(nx) -> bool:
+    """Whether ``nx`` acts through a nexus server (the remote-mode variant)."""
+    from nexus_jupyter.remote import RemoteService
+
+    return isinstance(nx.service, RemoteService)
+
+
+def needs_the_store(nx) -> None:
+    """Skip a test that reaches into the local store or a provider, in the remote-mode variant
+    (there the store and the boxes are the server's)."""
+    if remote(nx):
+        pytest.skip("reaches into the store or a provider: the server's in remote mode")
 
 
 @pytest.fixture
 def nx(data_dir, provider) -> SandboxManager:
+    if os.environ.get("NEXUS_URL"):
+        return SandboxManager(provider=provider)  # the remote-mode variant
     manager = SandboxManager(data_dir, provider=provider)
     if provider == "local" and os.environ["NEXUS_LOCAL_POOL_SIZE"] != "0":
         manager.provider("local").pool.fill(1)  # the next create takes a warm box

@@ -91,3 +91,43 @@ def schema_errors(instance, schema_name: str) -> list[str]:
     schema = {**OPENAPI["components"]["schemas"][schema_name], "components": OPENAPI["components"]}
     validator = jsonschema.Draft202012Validator(schema)
     return [f"{'/'.join(map(str, error.path))}: {error.message}" for error in validator.iter_errors(instance)]
+
+
+class NexusServe:
+    """``nexus serve`` on loopback under a key of its own, its sandboxes in ``data_dir``."""
+
+    def __init__(self, data_dir: Path, *args: str, env: dict | None = None):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.key = secrets.token_urlsafe(24)
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+        environment.update(
+            {"NEXUS_DATA_DIR": str(data_dir), "NEXUS_API_KEY": self.key, "NEXUS_LOCAL_POOL_SIZE": "0", **(env or {})}
+        )
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = data_dir.parent / "nexus-serve.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nexus_jupyter", "serve", "--port", str(self.port), *args],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_path, "wb"),
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nexus serve exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                requests.get(f"{self.url}/api/status", timeout=5)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        raise RuntimeError("nexus serve did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)

@@ -267,6 +267,24 @@ def test_config_sets_the_default_timeout(notebook):
         run_cell(client, "%config SandboxMagics.default_timeout = 60")
 
 
+def test_config_sets_the_services_settings_too(notebook):
+    client, *_ = notebook
+    listed = run_cell(client, "%config SandboxService")
+    assert "SandboxService.default_ttl=<Int>" in listed.text() and "NEXUS_DEFAULT_TTL" in listed.text()
+    run_cell(client, "%config SandboxService.default_memory_mb = 512")
+    try:
+        cell = run_cell(client, "%sandbox create configured")
+        assert cell.status == "ok", cell.error
+        sandbox = current_sandbox(client)
+        figures = run_cell(client, f"print(__import__('nexus_jupyter').SandboxManager().sandbox_metrics({sandbox!r}))")
+        assert f"'memory_limit_bytes': {512 << 20}" in figures.text()
+        bad = run_cell(client, "%config SandboxService.default_ttl = 0")
+        assert bad.status == "error" and "default_ttl must be a whole number from 1" in json.dumps(bad.error)
+        run_cell(client, "%sandbox stop")
+    finally:
+        run_cell(client, "%config SandboxService.default_memory_mb = 1024")
+
+
 def test_the_panel_magic_shows_the_widget(notebook):
     client, *_ = notebook
     cell = run_cell(client, "%sandbox panel --refresh 0")
