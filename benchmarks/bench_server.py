@@ -8,7 +8,7 @@ client library holds one) to a real ``jupyter server`` on loopback; the direct
 calls are SandboxManager's in this process, on the same store, in the same run.
 The first cell is timed from a new kernel (``%load_ext nexus_jupyter`` already
 run, as a notebook's first cell would) sending ``%%sandbox python`` to its
-answer: its sandbox is created on that cell.  Baselines: ``print(2+2)`` in a
+answer: its sandbox is created on that cell.  Baselines: ``1+1`` in a
 kernel with no sandbox, and the server's start time beside ``python -c pass``.
 Not a test.
 """
@@ -28,8 +28,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
 import requests
+from bench_notebook import baseline_kernel
 from jupyter_client.manager import KernelManager
 from jupyter_servers import JupyterServer, NexusServe
 
@@ -119,20 +121,6 @@ def first_cells(root: Path, pooled: bool, notebooks: int) -> float:
     return statistics.median(samples)
 
 
-def kernel_baseline(n: int) -> float:
-    kernel = KernelManager(kernel_name="python3")
-    kernel.start_kernel(extra_arguments=["--HistoryManager.enabled=False"])
-    client = kernel.blocking_client()
-    client.start_channels()
-    client.wait_for_ready(timeout=60)
-    try:
-        quiet = {"output_hook": lambda msg: None}
-        return statistics.median(timed_call(client.execute_interactive, "print(2+2)", **quiet)[0] for _ in range(n))
-    finally:
-        client.stop_channels()
-        kernel.shutdown_kernel(now=True)
-
-
 def server_start(root: Path) -> tuple[float, float, float]:
     """Seconds from launch to the first answer: jupyter server with the extension, `nexus serve`,
     and `python -c pass`."""
@@ -165,15 +153,15 @@ def main() -> None:
         cold = first_cells(root / "cold", False, args.notebooks)
         warm = first_cells(root / "pool", True, args.notebooks)
         start, serve_start, bare = server_start(root)
-    base = kernel_baseline(args.repeat)
+    base = statistics.median(baseline_kernel(args.repeat))
     print("REST API against the direct Python API, local provider, pools off (median ms)")
     print(f"{'operation':<22}{'REST':>9}{'direct':>9}{'REST - direct':>15}")
     for name, label in (("create", "create"), ("run", "warm print(2+2)"), ("stop", "stop")):
         over_rest, direct = rest[name]
         print(f"{label:<22}{over_rest:9.1f}{direct:9.1f}{over_rest - direct:15.1f}")
     print(f"\nfirst %%sandbox cell of a new notebook, server running (median of {args.notebooks}, ms)")
-    print(f"{'no warm box':>14}{'warm box':>11}{'print(2+2) in a kernel, no sandbox':>37}")
-    print(f"{cold:14.0f}{warm:11.1f}{base:37.1f}")
+    print(f"{'no warm box':>14}{'warm box':>11}{'1+1 in a kernel, no sandbox':>30}")
+    print(f"{cold:14.0f}{warm:11.1f}{base:30.1f}")
     print(
         f"\nstart to first answer: jupyter server with the extension {start:.2f} s, nexus serve {serve_start:.2f} s "
         f"(python -c pass: {bare:.3f} s)"

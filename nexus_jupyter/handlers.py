@@ -60,7 +60,7 @@ CREATE_FIELDS = {
     "env": "env",
     "allow_internet": "allow_internet_access",
 }
-RUN_FIELDS = ("language", "code", "timeout", "fresh", "env")
+RUN_FIELDS = ("language", "code", "timeout", "fresh", "env", "filename", "execution_count")
 # (error class, HTTP status): the first that matches wins, so subclasses come first.
 STATUS_OF_ERROR = (
     (InvalidArgument, 400),
@@ -203,6 +203,11 @@ class RunHandler(NexusHandler):
             raise web.HTTPError(400, "no code to run (the body's 'code')")
         if not isinstance(body.get("fresh", False), bool):
             raise web.HTTPError(400, "fresh must be true or false")
+        if not isinstance(body.get("filename", ""), str) or "\0" in body.get("filename", ""):
+            raise web.HTTPError(400, "filename must be text")
+        count = body.get("execution_count")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise web.HTTPError(400, "execution_count must be a whole number")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()  # bounded by the run's output caps
         self._cancel = Cancel()
@@ -220,6 +225,8 @@ class RunHandler(NexusHandler):
                     body.get("timeout"),
                     fresh=body.get("fresh", False),
                     env=body.get("env"),
+                    filename=body.get("filename"),
+                    execution_count=body.get("execution_count"),
                     on_stdout=lambda text: emit({"type": "stdout", "text": text}),
                     on_stderr=lambda text: emit({"type": "stderr", "text": text}),
                     on_result=lambda result: emit({"type": "result", **result}),
@@ -232,7 +239,7 @@ class RunHandler(NexusHandler):
 
         self.app.runs_in_flight += 1
         self.app.mark_active()
-        job = asyncio.ensure_future(self.app.off_loop(run))
+        job = asyncio.ensure_future(self.app.streaming(run))
         try:
             await self._stream(job, events)
         finally:
@@ -317,11 +324,15 @@ class FileHandler(NexusHandler):
             raise web.HTTPError(403)
         if not self.authorizer.is_authorized(self, self.current_user, "write", self.auth_resource):
             raise web.HTTPError(403)
-        self.request.connection.set_max_body_size(self.app.service.max_file_bytes())
+        limit = self.app.service.max_file_bytes()
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise web.HTTPError(413, f"the file is over the {limit >> 20} MiB limit of a transfer (max_file_mb)")
+        self.request.connection.set_max_body_size(limit)
         sandbox_id, path = self.path_kwargs["sandbox_id"], self.path_kwargs["path"]
         self._upload = _UploadPipe(asyncio.get_running_loop())
         self._upload.job = asyncio.ensure_future(
-            self.app.off_loop(self.app.service.write_file, self.caller, sandbox_id, path, self._upload)
+            self.app.streaming(self.app.service.write_file, self.caller, sandbox_id, path, self._upload)
         )
 
     async def data_received(self, chunk: bytes) -> None:
@@ -354,7 +365,7 @@ class FileHandler(NexusHandler):
                 if not _wait_on_loop(chunks.put(chunk), loop, lambda: self._gone):
                     return  # the client went: leaving the loop ends the transfer from the box
 
-        job = asyncio.ensure_future(self.app.off_loop(read))
+        job = asyncio.ensure_future(self.app.streaming(read))
         started = False
         while True:
             getter = asyncio.ensure_future(chunks.get())

@@ -80,13 +80,16 @@ class RemoteService:
         """The response to one request (its body not yet read); connection failures as one line."""
         target = self._base + path + (f"?{urlencode(query)}" if query else "")
         headers = {"Authorization": f"Bearer {self.api_key}", **(headers or {})}
+        import http.client
+
         for attempt in (1, 2):
             connection = self._connection(fresh=attempt == 2)
             try:
                 connection.request(method, target, body=body, headers=headers)
                 return connection.getresponse()
-            except (ConnectionResetError, BrokenPipeError) as exc:
-                # A kept-alive connection the server closed: once more on a new one, if the body allows.
+            except (ConnectionResetError, BrokenPipeError, http.client.HTTPException) as exc:
+                # A kept-alive connection the server closed (or one left mid-answer by a caller
+                # that stopped reading): once more on a new one, if the body can be sent again.
                 if attempt == 2 or not (body is None or isinstance(body, bytes)):
                     raise self._unreachable(exc) from None
             except OSError as exc:
@@ -95,8 +98,8 @@ class RemoteService:
                 raise self._unreachable(exc) from None
         raise AssertionError("unreachable")
 
-    def _unreachable(self, exc: OSError) -> ProviderUnavailable:
-        reason = exc.strerror or str(exc) or type(exc).__name__
+    def _unreachable(self, exc: Exception) -> ProviderUnavailable:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         return ProviderUnavailable(
             f"cannot reach the nexus server at {self.url}: {reason} (is it running? check NEXUS_URL)"
         )
@@ -171,6 +174,10 @@ class RemoteService:
             body["timeout"] = timeout
         if env:
             body["env"] = env
+        if filename:
+            body["filename"] = filename
+        if execution_count is not None:
+            body["execution_count"] = execution_count
         path = f"/sandboxes/{self._id(sandbox_id)}/run"
         response = self._send("POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
         if response.status != 200:
@@ -191,9 +198,12 @@ class RemoteService:
                 elif kind == "failed":
                     raise ERROR_OF_STATUS.get(event.get("status"), SandboxError)(event["message"])
                 elif kind == "end":
+                    response.read()  # the rest of the answer, so the connection serves the next request
                     if event.get("timed_out"):
                         raise SandboxTimeout(event["message"], event["result"])
                     return RunResult.from_dict(event["result"])
+        except SandboxTimeout:
+            raise
         except BaseException:
             self._connection(fresh=True)  # closing the old one is how the server learns to cancel the run
             raise
@@ -252,15 +262,17 @@ class RemoteService:
         response = self._send("GET", target)
         if response.status != 200:
             raise self._fail(response, target)
+        finished = False
         try:
             while True:
                 chunk = response.read(CHUNK)
                 if not chunk:
+                    finished = True
                     return
                 yield chunk
-        except BaseException:
-            self._connection(fresh=True)
-            raise
+        finally:
+            if not finished:  # the reader stopped early: this connection is mid-answer
+                self._connection(fresh=True)
 
     def list_files(self, caller, sandbox_id: str, path: str = ".") -> list[FileEntry]:
         entries = self._json("GET", f"/sandboxes/{self._id(sandbox_id)}/files", query={"path": path})

@@ -58,8 +58,7 @@ def server_arguments(host: str, port: int, data_dir: Path, keys_file: str | None
     if keys_file:
         from .auth import read_keys_file
 
-        if not read_keys_file(keys_file):
-            raise InvalidArgument(f"the keys file {keys_file} holds no key")
+        read_keys_file(keys_file)  # a malformed line stops the server now, with its number
     env = {"NEXUS_DATA_DIR": str(data_dir)}
     if not keys_file and not os.environ.get("NEXUS_API_KEY"):
         if not is_loopback(host):

@@ -66,7 +66,10 @@ class NexusSandboxApp(ExtensionApp):
         "and 'identity' for any other identity provider",
     ).tag(config=True)
     admin_users = Set(Unicode(), help="Users who may see and act on every user's sandboxes").tag(config=True)
-    max_workers = Int(32, help="Store and provider calls that may run at once (each run holds one)").tag(config=True)
+    max_workers = Int(16, help="Quick store and provider calls (create, list, stop...) that may run at once").tag(
+        config=True
+    )
+    max_streams = Int(64, help="Runs and file transfers that may stream at once (each holds a thread)").tag(config=True)
 
     @default("owner")
     def _default_owner(self) -> str:
@@ -85,7 +88,10 @@ class NexusSandboxApp(ExtensionApp):
             # started only when Docker and the image are there.
             self.sandbox_settings.set_pool_size("docker", 1)
         self.service = SandboxService(Path(self.data_dir), settings=self.sandbox_settings)
+        # Two pools: runs and transfers hold a thread for as long as they stream, and must
+        # never leave a listing (the sidebar's refresh) waiting behind them.
         self.executor = ThreadPoolExecutor(self.max_workers, thread_name_prefix="nexus")
+        self.stream_executor = ThreadPoolExecutor(self.max_streams, thread_name_prefix="nexus-stream")
         self.runs_in_flight = 0
         self._reaper_task: asyncio.Task | None = None
         self.settings.update({"nexus_jupyter_app": self})
@@ -111,7 +117,8 @@ class NexusSandboxApp(ExtensionApp):
                 await self._reaper_task
             except asyncio.CancelledError:
                 pass
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.executor, self.stream_executor):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- who is asking
     def caller_for(self, user) -> Caller:
@@ -140,9 +147,14 @@ class NexusSandboxApp(ExtensionApp):
     # ---- work off the event loop
     async def off_loop(self, function, *args, **kwargs):
         """``function(*args, **kwargs)`` in the thread pool: the event loop never waits on
-        SQLite, a container's removal or a run."""
+        SQLite or a container's removal."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: function(*args, **kwargs))
+
+    async def streaming(self, function, *args, **kwargs):
+        """As ``off_loop``, for a run or a file transfer (as long as it streams)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.stream_executor, lambda: function(*args, **kwargs))
 
     def mark_active(self) -> None:
         """A run is streaming: the server is in use (its idle culling must not stop it)."""

@@ -46,9 +46,12 @@ def _provider_name(value, what: str) -> str:
 
 
 def _pool_size(value, what: str) -> int:
-    if isinstance(value, str) and not value.strip().isdigit():
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, bool) or not (isinstance(text, int) or (isinstance(text, str) and text.isdigit())):
         raise InvalidArgument(f"{what} must be a whole number from 0 (no pool) to {MAX_POOL_SIZE}, not {value!r}")
-    return whole_number(value, what, 0, MAX_POOL_SIZE)
+    if not 0 <= int(text) <= MAX_POOL_SIZE:
+        raise InvalidArgument(f"{what} must be a whole number from 0 (no pool) to {MAX_POOL_SIZE}, not {value!r}")
+    return int(text)
 
 
 SERVICE_SETTINGS = {

@@ -90,7 +90,8 @@ def provider(request, monkeypatch, data_dir) -> str:
         return
     server = request.getfixturevalue("nexus_server")
     monkeypatch.setenv("NEXUS_URL", server.url)
-    monkeypatch.setenv("NEXUS_API_KEY", server.key)
+    # A user of its own per test, as each test has a data dir of its own locally.
+    monkeypatch.setenv("NEXUS_API_KEY", server.add_user(f"user-{os.urandom(4).hex()}"))
     yield name
     # What the test left on the server goes with it, as a local test's boxes do.
     cleanup = SandboxManager(server.data_dir, is_admin=True, warm_pool=0)
@@ -104,7 +105,7 @@ def nexus_server(tmp_path_factory):
     from jupyter_servers import NexusServe
 
     root = tmp_path_factory.mktemp("nexus-serve")
-    server = NexusServe(root / "data")
+    server = NexusServe(root / "data", "--keys-file", "-")  # keys added per test (add_user)
     yield server
     server.stop()
     destroy_everything_in(root / "data")

@@ -22,6 +22,29 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_until_serving(process: subprocess.Popen, url: str, log_path: Path, seconds: float = 120) -> None:
+    """Until the server at ``url`` answers anything (a 403 too: it serves), or say why not."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited: {log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            requests.get(f"{url}/api/status", timeout=5)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the server did not start: {log_path.read_text(errors='replace')[-2000:]}")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 class JupyterServer:
     """``jupyter server`` with the nexus_jupyter extension (enabled by the installed config)."""
 
@@ -49,20 +72,7 @@ class JupyterServer:
              *args],
             env=environment, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "wb"),
         )  # fmt: skip
-        self.wait_until_serving()
-
-    def wait_until_serving(self, seconds: float = 120) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.log()[-2000:]}")
-            try:
-                requests.get(f"{self.url}/api/status", timeout=5)  # any answer (a 403 too): it serves
-                return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the server did not start: {self.log()[-2000:]}")
+        wait_until_serving(self.process, self.url, self.log_path)
 
     def headers(self, token: str | None = None) -> dict:
         return {"Authorization": f"token {token or self.token}"}
@@ -76,12 +86,7 @@ class JupyterServer:
         return requests.request(method, f"{self.api}/{path}", **kwargs)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process)
 
 
 def schema_errors(instance, schema_name: str) -> list[str]:
@@ -94,40 +99,42 @@ def schema_errors(instance, schema_name: str) -> list[str]:
 
 
 class NexusServe:
-    """``nexus serve`` on loopback under a key of its own, its sandboxes in ``data_dir``."""
+    """``nexus serve`` on loopback, its sandboxes in ``data_dir``: under a key of its own
+    (``key``), or with none (``key=None``, the server makes one)."""
 
-    def __init__(self, data_dir: Path, *args: str, env: dict | None = None):
+    def __init__(self, data_dir: Path, *args: str, key: str | None = "", env: dict | None = None):
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.key = secrets.token_urlsafe(24)
+        self.key = secrets.token_urlsafe(24) if key == "" else key
         environment = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
-        environment.update(
-            {"NEXUS_DATA_DIR": str(data_dir), "NEXUS_API_KEY": self.key, "NEXUS_LOCAL_POOL_SIZE": "0", **(env or {})}
-        )
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = data_dir.parent / "nexus-serve.log"
+        environment.update({"NEXUS_DATA_DIR": str(data_dir), "NEXUS_LOCAL_POOL_SIZE": "0", **(env or {})})
+        if self.key:
+            environment["NEXUS_API_KEY"] = self.key
+        self.keys_file = data_dir.parent / f"nexus-serve-{self.port}.keys"
+        self.keys_file.write_text("")
+        if "--keys-file" in args:
+            args = (*args[: args.index("--keys-file")], *args[args.index("--keys-file") + 2 :])
+            args = (*args, "--keys-file", str(self.keys_file))
+        self.log_path = data_dir.parent / f"nexus-serve-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "nexus_jupyter", "serve", "--port", str(self.port), *args],
             env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.log_path, "wb"),
+            stdout=open(self.log_path, "wb"),
+            stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nexus serve exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                requests.get(f"{self.url}/api/status", timeout=5)
-                return
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        raise RuntimeError("nexus serve did not start")
+        wait_until_serving(self.process, self.url, self.log_path)
+
+    def add_user(self, user: str) -> str:
+        """A new key for ``user`` in the server's keys file (read again as it changes)."""
+        key = secrets.token_urlsafe(24)
+        with open(self.keys_file, "a") as keys:
+            keys.write(f"{key} {user}\n")
+        return key
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop_process(self.process)

@@ -6,48 +6,14 @@ import os
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
-from jupyter_servers import free_port
+from jupyter_servers import NexusServe, free_port
 
 from conftest import destroy_everything_in
 
 pytestmark = pytest.mark.skipif("local" not in os.environ.get("NEXUS_TEST_PROVIDERS", "local"), reason="local only")
-
-
-def start_serve(data_dir, *args, env=None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    environment = {k: v for k, v in os.environ.items() if k not in ("NEXUS_API_KEY", "NEXUS_USER")}
-    environment.update({"NEXUS_DATA_DIR": str(data_dir), "NEXUS_LOCAL_POOL_SIZE": "0", **(env or {})})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nexus_jupyter", "serve", "--port", str(port), *args],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        try:
-            requests.get(f"{url}/api/status", timeout=5)
-            return process, url
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    raise AssertionError("nexus serve did not start")
-
-
-def stop(process: subprocess.Popen) -> str:
-    process.terminate()
-    try:
-        output, _ = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate(timeout=10)
-    return output
 
 
 def test_serve_refuses_a_public_address_without_a_key(tmp_path):
@@ -78,7 +44,8 @@ def test_serve_refuses_a_public_address_without_a_key(tmp_path):
 
 def test_a_key_opens_the_sandbox_api_and_nothing_else_on_the_host(tmp_path):
     key = "k" * 32
-    process, url = start_serve(tmp_path / "data", env={"NEXUS_API_KEY": key, "NEXUS_USER": "carol"})
+    server = NexusServe(tmp_path / "data", key=key, env={"NEXUS_USER": "carol"})
+    url = server.url
     try:
         with_key = {"Authorization": f"Bearer {key}"}
         created = requests.post(f"{url}/nexus/api/sandboxes", json={"name": "remote"}, headers=with_key, timeout=60)
@@ -94,14 +61,15 @@ def test_a_key_opens_the_sandbox_api_and_nothing_else_on_the_host(tmp_path):
         assert requests.get(f"{url}/api/terminals", headers=with_key, timeout=30).status_code in (403, 404)
         assert requests.get(f"{url}/lab", headers=with_key, timeout=30).status_code == 404  # nothing else loaded
     finally:
-        output = stop(process)
+        server.stop()
         destroy_everything_in(tmp_path / "data")
-    assert key not in output
+    assert key not in server.log()
 
 
 def test_without_a_key_it_serves_loopback_under_a_key_only_this_user_can_read(tmp_path):
     data_dir = tmp_path / "data"
-    process, url = start_serve(data_dir)
+    server = NexusServe(data_dir, key=None)
+    url = server.url
     try:
         key_file = data_dir / "serve.key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -112,6 +80,7 @@ def test_without_a_key_it_serves_loopback_under_a_key_only_this_user_can_read(tm
         assert answer.status_code == 200
         assert requests.get(f"{url}/nexus/api/sandboxes", timeout=30).status_code == 403
     finally:
-        output = stop(process)
+        server.stop()
+    output = server.log()
     assert f'NEXUS_API_KEY="$(cat {data_dir / "serve.key"})"' in output
     assert key not in output

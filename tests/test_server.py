@@ -341,6 +341,10 @@ def test_files_stream_both_ways_and_a_cut_upload_leaves_nothing(server, sandbox)
 
     to_nowhere = server.request("PUT", "sandboxes/sb_doesnotexist0000/files/x.bin", data=payload)
     assert to_nowhere.status_code == 404
+    with raw_request(server, "PUT", f"sandboxes/{sandbox}/files/huge.bin", b"", 300 << 20) as raw:
+        answer = raw.recv(4096)  # before any of the body was sent
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"over the 256 MiB limit of a transfer (max_file_mb)" in answer
 
 
 def test_metrics_count_what_the_sandbox_uses(server, sandbox):
