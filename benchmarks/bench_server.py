@@ -3,9 +3,10 @@ first ``%%sandbox`` cell of a new notebook with and without the warm box the ser
 
     python benchmarks/bench_server.py [--repeat 30] [--notebooks 5]
 
-Prints medians (ms).  REST calls go through one keep-alive HTTP connection (as a
-client library holds one) to a real ``jupyter server`` on loopback; the direct
-calls are SandboxManager's in this process, on the same store, in the same run.
+Prints medians (ms).  REST calls are the seed's remote mode: ``SandboxManager(url=..., api_key=...)``
+(one keep-alive HTTP connection) to a real ``nexus serve`` on loopback; the
+direct calls are SandboxManager's in this process, on the same store, in the
+same run.
 The first cell is timed from a new kernel (``%load_ext nexus_jupyter`` already
 run, as a notebook's first cell would) sending ``%%sandbox python`` to its
 answer: its sandbox is created on that cell.  Baselines: ``1+1`` in a
@@ -16,7 +17,6 @@ Not a test.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -30,7 +30,6 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-import requests
 from bench_notebook import baseline_kernel
 from jupyter_client.manager import KernelManager
 from jupyter_servers import JupyterServer, NexusServe
@@ -47,39 +46,35 @@ def timed_call(fn, *args, **kwargs) -> tuple[float, object]:
 
 
 def rest_against_direct(root: Path, n: int) -> dict:
-    """create, a warm print(2+2), stop: over REST and directly, alternating, pools off."""
+    """create, a warm print(2+2), stop: in the seed's remote mode (SandboxManager over the REST API
+    of a `nexus serve`) and directly (SandboxManager on the same store), alternating, pools off."""
     data_dir = root / "data"
-    server = JupyterServer(root, data_dir)
-    session = requests.Session()
-    session.headers.update(server.headers())
-    api = server.api
-
-    def rest_run(sandbox_id: str) -> None:
-        answer = session.post(f"{api}/sandboxes/{sandbox_id}/run", json={"code": "print(2+2)"})
-        assert json.loads(answer.text.splitlines()[-1])["result"]["stdout"] == "4\n"
-
-    nx = SandboxManager(data_dir, warm_pool=0)
-    figures: dict[str, list[float]] = {k: [] for k in ("create", "run", "stop")}
-    direct: dict[str, list[float]] = {k: [] for k in ("create", "run", "stop")}
+    server = NexusServe(data_dir)
+    clients = {
+        "REST": SandboxManager(url=server.url, api_key=server.key),
+        "direct": SandboxManager(data_dir, warm_pool=0),
+    }
+    figures: dict[tuple[str, str], list[float]] = {(k, op): [] for k in clients for op in ("create", "run", "stop")}
     try:
         for _ in range(max(n // 3, 5)):
-            ms, answer = timed_call(session.post, f"{api}/sandboxes", json={"name": "b"})
-            figures["create"].append(ms)
-            over_rest = answer.json()["sandbox_id"]
-            ms, record = timed_call(nx.sandbox_create, "b")
-            direct["create"].append(ms)
-            mine = record["sandbox_id"]
-            rest_run(over_rest)  # each box's runtime started before the timed runs
-            nx.sandbox_run(mine, "python", "0")
+            made = {}
+            for kind, nx in clients.items():
+                ms, record = timed_call(nx.sandbox_create, "b")
+                figures[kind, "create"].append(ms)
+                made[kind] = record["sandbox_id"]
+                nx.sandbox_run(made[kind], "python", "0")  # the runtime started before the timed runs
             for _ in range(3):
-                figures["run"].append(timed_call(rest_run, over_rest)[0])
-                direct["run"].append(timed_call(nx.sandbox_run, mine, "python", "print(2+2)")[0])
-            figures["stop"].append(timed_call(session.post, f"{api}/sandboxes/{over_rest}/stop")[0])
-            direct["stop"].append(timed_call(nx.sandbox_stop, mine)[0])
+                for kind, nx in clients.items():
+                    ms, result = timed_call(nx.sandbox_run, made[kind], "python", "print(2+2)")
+                    assert result["stdout"] == "4\n"
+                    figures[kind, "run"].append(ms)
+            for kind, nx in clients.items():
+                figures[kind, "stop"].append(timed_call(nx.sandbox_stop, made[kind])[0])
     finally:
         server.stop()
         LocalProvider(data_dir).pool.drain()
-    return {k: (statistics.median(figures[k]), statistics.median(direct[k])) for k in figures}
+    return {op: (statistics.median(figures["REST", op]), statistics.median(figures["direct", op])) for op in
+            ("create", "run", "stop")}  # fmt: skip
 
 
 def first_cells(root: Path, pooled: bool, notebooks: int) -> float:
@@ -154,7 +149,7 @@ def main() -> None:
         warm = first_cells(root / "pool", True, args.notebooks)
         start, serve_start, bare = server_start(root)
     base = statistics.median(baseline_kernel(args.repeat))
-    print("REST API against the direct Python API, local provider, pools off (median ms)")
+    print("remote mode (REST API of nexus serve) against the direct Python API, local provider, pools off (ms)")
     print(f"{'operation':<22}{'REST':>9}{'direct':>9}{'REST - direct':>15}")
     for name, label in (("create", "create"), ("run", "warm print(2+2)"), ("stop", "stop")):
         over_rest, direct = rest[name]

@@ -256,12 +256,14 @@ class RunHandler(NexusHandler):
                 if events.empty():
                     break  # the run is over and every event it sent is written
                 continue
-            event = getter.result()
-            if event["type"] == "start":
+            batch = [getter.result()]
+            while not events.empty():  # what came meanwhile goes out in the same write
+                batch.append(events.get_nowait())
+            if not started and batch[0]["type"] == "start":
                 started = True
                 self.set_header("Content-Type", "application/x-ndjson")
                 self.set_header("X-Accel-Buffering", "no")  # a proxy must pass events on as they come
-            if not await self._send(event):
+            if not await self._send(batch):
                 return
         try:
             result, timeout_message = job.result()
@@ -269,24 +271,22 @@ class RunHandler(NexusHandler):
             if not started:
                 raise web.HTTPError(status_of(exc), printable(exc)) from None
             # The stream began with 200: a failure of the run itself is its last event.
-            await self._send({"type": "failed", "status": status_of(exc), "message": printable(exc)})
-            self.finish()
+            await self._send([{"type": "failed", "status": status_of(exc), "message": printable(exc)}], last=True)
             return
-        if result.get("error"):
-            await self._send({"type": "error", **result["error"]})
         end = {"type": "end", "result": result}
         if timeout_message:
             end["timed_out"] = True
             end["message"] = timeout_message
-        await self._send(end)
-        self.finish()
+        error = [{"type": "error", **result["error"]}] if result.get("error") else []
+        await self._send([*error, end], last=True)
 
-    async def _send(self, event: dict) -> bool:
-        """Write one event line now; False if the client has gone (its run is cancelled)."""
+    async def _send(self, events: list[dict], last: bool = False) -> bool:
+        """Write event lines now (``last``: and end the answer); False if the client has gone
+        (its run is cancelled)."""
         self.app.mark_active()
         try:
-            self.write(json.dumps(event) + "\n")
-            await self.flush()
+            self.write("".join(json.dumps(event) + "\n" for event in events))
+            await (self.finish() if last else self.flush())
             return True
         except StreamClosedError:
             self._cancel.cancel()

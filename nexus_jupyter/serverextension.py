@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,6 +94,7 @@ class NexusSandboxApp(ExtensionApp):
         self.executor = ThreadPoolExecutor(self.max_workers, thread_name_prefix="nexus")
         self.stream_executor = ThreadPoolExecutor(self.max_streams, thread_name_prefix="nexus-stream")
         self.runs_in_flight = 0
+        self._marked_at = 0.0
         self._reaper_task: asyncio.Task | None = None
         self.settings.update({"nexus_jupyter_app": self})
         self.log.info(
@@ -117,6 +119,11 @@ class NexusSandboxApp(ExtensionApp):
                 await self._reaper_task
             except asyncio.CancelledError:
                 pass
+        # The spare boxes this server kept go with it (sandboxes stay: they have owners and TTLs).
+        try:
+            await asyncio.wait_for(self.off_loop(self._drain_pools), timeout=90)
+        except asyncio.TimeoutError:
+            self.log.warning("nexus_jupyter: the warm pools were not drained in 90 s; their boxes end when idle")
         for pool in (self.executor, self.stream_executor):
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -158,6 +165,10 @@ class NexusSandboxApp(ExtensionApp):
 
     def mark_active(self) -> None:
         """A run is streaming: the server is in use (its idle culling must not stop it)."""
+        now = time.monotonic()
+        if now - self._marked_at < 1.0:
+            return  # once a second is all idle culling needs
+        self._marked_at = now
         activity = self.serverapp.web_app.settings.setdefault("last_activity_times", {})
         activity[self.name] = datetime.now(timezone.utc)
 
@@ -190,6 +201,14 @@ class NexusSandboxApp(ExtensionApp):
             except SandboxError as exc:
                 self.log.debug("nexus_jupyter: no warm pool for %s: %s", name, exc)
         return report
+
+    def _drain_pools(self) -> None:
+        for name in ("local", "docker"):
+            if name in self.service._providers:
+                try:
+                    self.service.provider(name).drain_pool()
+                except SandboxError as exc:
+                    self.log.debug("nexus_jupyter: %s pool not drained: %s", name, exc)
 
     def api_url(self, *parts: str) -> str:
         return url_path_join(self.serverapp.base_url, API_PREFIX, *parts)

@@ -464,6 +464,12 @@ def test_the_server_keeps_a_warm_box_that_a_kernel_claims_and_refills_it(tmp_pat
             time.sleep(0.2)
         assert ready_slots() and ready_slots() != slots, "the server did not refill its pool"
         assert kernel.sandbox_list()["sandboxes"][0]["sandbox_id"] == record["sandbox_id"]  # pool boxes never count
+        spare = ready_slots()
+        pooled.stop()
+        # the spare box went with the server; the kernel's sandbox, which has an owner, did not
+        assert not any(p.name.startswith("pool-") for p in pool_dir.iterdir()), sorted(pool_dir.iterdir())
+        assert not [pid for slot in spare for pid in host_processes_matching(str(pool_dir / slot))]
+        assert kernel.sandbox_run(record["sandbox_id"], "python", "print('still here')")["stdout"] == "still here\n"
     finally:
         pooled.stop()
         destroy_everything_in(data_dir)

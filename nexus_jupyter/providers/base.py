@@ -260,6 +260,10 @@ class Provider(ABC):
         """Start spare boxes up to the pool size, in the background (with Feature.WARM_POOL)."""
         return None  # a provider without a pool has nothing to start
 
+    def drain_pool(self) -> None:
+        """Remove every spare box (a server that kept the pool stopping, a test ending)."""
+        return None
+
     def prune(self) -> list[str]:
         """Remove spare resources that ended on their own (e.g. warm-pool boxes); returns their names."""
         return []

@@ -485,9 +485,11 @@ class DockerProvider(AgentProvider):
         return pruned
 
     def drain_pool(self) -> None:
-        """Remove every pool container (a server shutting down, a test ending)."""
-        for container in self._pool_containers(running=False):
-            self.destroy(container.name.removeprefix(f"nexus-{self.store}-"), {"container_id": container.id})
+        """Remove every pool container (a server shutting down, a test ending), after a fill
+        under way in this process."""
+        with self._pool_lock:
+            for container in self._pool_containers(running=False):
+                self.destroy(container.name.removeprefix(f"nexus-{self.store}-"), {"container_id": container.id})
 
     def _host_run_dir(self, sandbox_id: str, config: str, uid: int, size_mb: int) -> dict:
         """The agent's socket directory on this machine, bind-mounted into the container:

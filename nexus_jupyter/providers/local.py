@@ -473,6 +473,9 @@ class LocalProvider(AgentProvider):
     def prune(self) -> list[str]:
         return self.pool.prune()
 
+    def drain_pool(self) -> None:
+        self.pool.drain()
+
     # ---- runs: say when the kernel's OOM killer ended one
     def _call_agent(self, sandbox_id: str, state: dict, call) -> dict:
         # The box cannot see its cgroup: the host reads the OOM killer's count.
