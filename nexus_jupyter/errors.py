@@ -38,6 +38,10 @@ class PermissionDenied(SandboxError, PermissionError):
     """The caller may not do this (e.g. list another user's sandboxes)."""
 
 
+class QuotaExceeded(SandboxError):
+    """The caller holds as many live sandboxes as a user may (``max_sandboxes_per_user``)."""
+
+
 class SandboxTimeout(SandboxError, TimeoutError):
     """A run exceeded its timeout.  ``result`` holds what it printed until then."""
 

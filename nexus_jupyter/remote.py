@@ -26,6 +26,7 @@ from .errors import (
     PermissionDenied,
     ProviderNotSupported,
     ProviderUnavailable,
+    QuotaExceeded,
     SandboxError,
     SandboxNotFound,
     SandboxStateError,
@@ -42,6 +43,7 @@ ERROR_OF_STATUS = {
     403: PermissionDenied,
     404: SandboxNotFound,
     409: SandboxStateError,
+    429: QuotaExceeded,
     503: ProviderUnavailable,
 }
 

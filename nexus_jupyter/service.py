@@ -25,6 +25,7 @@ from .errors import (
     PathNotFound,
     PermissionDenied,
     ProviderNotSupported,
+    QuotaExceeded,
     RunCancelled,
     SandboxError,
     SandboxNotFound,
@@ -230,9 +231,10 @@ class SandboxService:
         )
         self._reap_expired()
         now = time.time()
+        quota = self.settings.max_sandboxes_per_user
         # The row is written before the box exists, so a crash mid-create
         # leaves a row the reaper can find rather than an invisible box.
-        self.store.insert(
+        added = self.store.insert(
             {
                 "sandbox_id": spec.sandbox_id,
                 "name": name,
@@ -254,8 +256,14 @@ class SandboxService:
                     "disk_mb": spec.disk_mb,
                     "env_keys": sorted(spec.env),
                 },
-            }
+            },
+            max_live_of_user=quota,
         )
+        if not added:
+            raise QuotaExceeded(
+                f"{caller.user_id} already has {quota} live sandbox{'es' if quota != 1 else ''}, the most a user may hold "
+                "(max_sandboxes_per_user): stop one first"
+            )
         state: dict = {}
         try:
             state = backend.create(spec)

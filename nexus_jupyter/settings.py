@@ -93,6 +93,13 @@ SERVICE_SETTINGS = {
             "Characters of stdout (and of stderr) a run keeps; the rest is cut with a note.",
         ),
         Setting(
+            "max_sandboxes_per_user",
+            "NEXUS_MAX_SANDBOXES_PER_USER",
+            0,
+            lambda v, what: whole_number(v, what, 0, 1 << 20),
+            "Live sandboxes one user may hold at once (0: no limit); set it on a server a team shares.",
+        ),
+        Setting(
             "max_file_mb",
             "NEXUS_MAX_FILE_MB",
             256,

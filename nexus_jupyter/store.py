@@ -151,13 +151,24 @@ class Store:
         return data
 
     # ---- writes
-    def insert(self, row: dict) -> None:
+    def insert(self, row: dict, max_live_of_user: int = 0) -> bool:
+        """Add a row; with ``max_live_of_user``, only while its user has fewer live sandboxes
+        (counted and inserted in one statement, so two racing creates cannot both pass).
+        Returns whether it was added."""
         data = dict(row)
         for field in JSON_FIELDS:
             data[field] = json.dumps(data.get(field) or {})
         columns = ", ".join(data)
         marks = ", ".join("?" for _ in data)
-        self._execute(f"INSERT INTO sandboxes ({columns}) VALUES ({marks})", data.values())
+        if not max_live_of_user:
+            self._execute(f"INSERT INTO sandboxes ({columns}) VALUES ({marks})", data.values())
+            return True
+        cursor = self._execute(
+            f"INSERT INTO sandboxes ({columns}) SELECT {marks} WHERE "
+            f"(SELECT COUNT(*) FROM sandboxes WHERE user_id = ? AND status IN {LIVE_STATUSES}) < ?",
+            [*data.values(), data["user_id"], max_live_of_user],
+        )
+        return cursor.rowcount == 1
 
     def update(self, sandbox_id: str, fields: dict, expect_status: Iterable[str] | None = None) -> bool:
         """Set ``fields``; with ``expect_status``, only if the row is in one of those states.

@@ -407,6 +407,7 @@ def test_users_with_their_own_keys_see_and_touch_only_their_own_sandboxes(tmp_pa
         [
             "--ServerApp.identity_provider_class=nexus_jupyter.auth.ApiKeyIdentityProvider",
             f"--ApiKeyIdentityProvider.keys_file={keys_file}",
+            "--SandboxService.max_sandboxes_per_user=1",
         ],
     )
     try:
@@ -416,6 +417,11 @@ def test_users_with_their_own_keys_see_and_touch_only_their_own_sandboxes(tmp_pa
 
         mine = as_user("alice", "POST", "sandboxes", json={"name": "alices"}).json()
         assert mine["user_id"] == "alice"
+        second = as_user("alice", "POST", "sandboxes", json={"name": "one too many"})
+        assert (second.status_code, second.json()["message"]) == (
+            429,
+            "alice already has 1 live sandbox, the most a user may hold (max_sandboxes_per_user): stop one first",
+        )
         assert [r["name"] for r in as_user("bob", "GET", "sandboxes").json()["sandboxes"]] == []
         for method, path in (
             ("GET", f"sandboxes/{mine['sandbox_id']}"),

@@ -57,3 +57,26 @@ def test_a_manager_is_the_service_bound_to_one_caller_with_the_seeds_dicts(servi
 def test_a_caller_needs_a_user(user):
     with pytest.raises(InvalidArgument, match="a user id is required"):
         Caller(user)
+
+
+def test_a_user_holds_at_most_max_sandboxes_per_user_even_when_creates_race(data_dir, provider):
+    import concurrent.futures
+
+    from nexus_jupyter import QuotaExceeded
+    from nexus_jupyter.settings import Settings
+
+    service = SandboxService(data_dir, default_provider=provider, settings=Settings(max_sandboxes_per_user=2))
+    alice, bob = Caller("alice"), Caller("bob")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        attempts = [pool.submit(service.create, alice, f"race-{n}") for n in range(4)]
+    made = [a.result() for a in attempts if a.exception() is None]
+    refused = [a.exception() for a in attempts if a.exception() is not None]
+    assert len(made) == 2 and len(refused) == 2
+    assert all(isinstance(e, QuotaExceeded) for e in refused)
+    assert str(refused[0]) == (
+        "alice already has 2 live sandboxes, the most a user may hold (max_sandboxes_per_user): stop one first"
+    )
+    assert len(service.list_sandboxes(alice, include_stopped=True)) == 2  # a refused create leaves no row
+    assert service.create(bob, "bobs").user_id == "bob"  # per user
+    service.stop(alice, made[0].sandbox_id)
+    assert service.create(alice, "after-a-stop").status is SandboxStatus.ACTIVE
