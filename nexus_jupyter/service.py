@@ -260,8 +260,9 @@ class SandboxService:
             max_live_of_user=quota,
         )
         if not added:
+            held = f"{quota} live sandbox{'es' if quota != 1 else ''}"
             raise QuotaExceeded(
-                f"{caller.user_id} already has {quota} live sandbox{'es' if quota != 1 else ''}, the most a user may hold "
+                f"{caller.user_id} already has {held}, the most a user may hold "
                 "(max_sandboxes_per_user): stop one first"
             )
         state: dict = {}
