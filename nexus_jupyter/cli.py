@@ -21,6 +21,17 @@ from .formatting import columns, duration, printable, seconds_left
 json_option = click.option("--json", "-j", "as_json", is_flag=True, help="Output as JSON")
 
 
+class ProviderOption(click.Option):
+    """``--provider``: its help names the providers installed (the registry's entry points),
+    looked up only when help is shown."""
+
+    def get_help_record(self, ctx):
+        from .providers.base import provider_names
+
+        self.help = f"{', '.join(provider_names())}  [default: local, or $NEXUS_SANDBOX_PROVIDER]"
+        return super().get_help_record(ctx)
+
+
 def _manager():
     from .manager import SandboxManager
 
@@ -82,7 +93,7 @@ def sandbox() -> None:
 @click.argument("name")
 @click.option("--ttl", "-t", type=int, help="Idle timeout in minutes  [default: 10, or $NEXUS_DEFAULT_TTL]")
 @click.option("--template", help="Provider template ID (e.g. E2B template, Docker image)")
-@click.option("--provider", "-p", envvar="NEXUS_SANDBOX_PROVIDER", help="local (default), docker or e2b")
+@click.option("--provider", "-p", envvar="NEXUS_SANDBOX_PROVIDER", cls=ProviderOption)
 @click.option("--agent-id", "-a", help="Agent that owns the sandbox")
 @click.option("--tenant-id", help="Tenant that owns the sandbox (default: default)")
 @click.option("--allow-internet", is_flag=True, help="Allow outbound network access (off by default)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 from IPython.core.error import UsageError
@@ -31,6 +32,7 @@ from .config import configured_settings
 from .errors import SandboxError, SandboxTimeout
 from .formatting import columns, printable
 from .manager import SandboxManager
+from .remote import remote_from_environment
 from .service import SandboxService
 from .validation import LANGUAGE_ALIASES, LANGUAGES
 
@@ -158,15 +160,27 @@ class SandboxMagics(Magics):
     def __init__(self, shell=None, manager: SandboxManager | None = None, **kwargs):
         super().__init__(shell=shell, **kwargs)
         self._manager = manager
+        self._making_manager = threading.Lock()
         self.current: str | None = None  # the sandbox %%sandbox cells use by default
         # The service's settings, kept current by %config SandboxService... (config.py)
         self.settings, self.configurables = configured_settings(parent=self.parent or shell)
 
     @property
     def manager(self) -> SandboxManager:
-        if self._manager is None:
-            self._manager = SandboxManager(service=SandboxService(settings=self.settings))
-        return self._manager
+        with self._making_manager:  # the background warm-up and the first cell may ask at once
+            if self._manager is None:
+                # Remote mode (NEXUS_URL) goes through the server, whose settings apply there.
+                service = remote_from_environment() or SandboxService(settings=self.settings)
+                self._manager = SandboxManager(service=service)
+            return self._manager
+
+    def warm_up(self) -> None:
+        """After %load_ext, in the background: what the notebook's first %%sandbox cell would
+        otherwise wait for (the provider's imports and probes, ~40 ms here)."""
+        try:
+            self.manager.service.prepare(self.default_provider)
+        except Exception:
+            pass  # the first cell meets the same problem, and says it
 
     # ---- the notebook's own sandbox
     def _notebook_sandbox_name(self) -> str:
@@ -348,6 +362,7 @@ def _writer(stream):
 def load_ipython_extension(shell) -> None:
     magics = SandboxMagics(shell=shell, parent=shell)
     shell.register_magics(magics)
+    threading.Thread(target=magics.warm_up, name="nexus-warm-up", daemon=True).start()
     for configurable in (magics, *magics.configurables):
         if configurable not in shell.configurables:
             shell.configurables.append(configurable)  # so %config SandboxMagics... (and the rest) finds it

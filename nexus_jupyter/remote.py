@@ -143,6 +143,9 @@ class RemoteService:
     def provider(self, name: str):
         raise ProviderNotSupported(f"providers run on the nexus server at {self.url}, not here")
 
+    def prepare(self, provider: str | None = None) -> None:
+        return None  # the server's providers are ready on the server
+
     def notices(self, provider: str) -> list[str]:
         return []  # the server's machine, not this one
 

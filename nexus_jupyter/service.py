@@ -509,6 +509,10 @@ class SandboxService:
             self.reaper.reap_in_background()  # what the vanished boxes left
         return records
 
+    def prepare(self, provider: str | None = None) -> None:
+        """Get the provider ready for a first create (imports, machine probes), ahead of it."""
+        self.provider(provider or self.default_provider).prepare()
+
     def notices(self, provider: str) -> list[str]:
         """What a user should know about how ``provider`` runs here (e.g. limits it cannot apply)."""
         return self.provider(provider).notices()

@@ -84,3 +84,38 @@ def test_without_a_key_it_serves_loopback_under_a_key_only_this_user_can_read(tm
     output = server.log()
     assert f'NEXUS_API_KEY="$(cat {data_dir / "serve.key"})"' in output
     assert key not in output
+
+
+def test_a_notebooks_sandbox_cells_go_through_the_server_in_remote_mode(tmp_path):
+    from jupyter_client.manager import KernelManager
+
+    from nexus_jupyter import SandboxManager
+
+    server = NexusServe(tmp_path / "data", env={"NEXUS_USER": "dana"})
+    kernel = KernelManager(kernel_name="python3")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+    # the kernel's own machine has no store of the server's: only the URL and the key
+    env.update(NEXUS_URL=server.url, NEXUS_API_KEY=server.key, NEXUS_DATA_DIR=str(tmp_path / "kernel-side"))
+    kernel.start_kernel(env=env)
+    client = kernel.blocking_client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=120)
+        printed = []
+
+        def cell(code: str) -> dict:
+            hook = lambda msg: printed.append(msg["content"].get("text", "")) if msg["msg_type"] == "stream" else None  # noqa: E731
+            return client.execute_interactive(code, output_hook=hook, timeout=120)["content"]
+
+        assert cell("%load_ext nexus_jupyter")["status"] == "ok"
+        assert cell("%%sandbox python\nx = 6 * 7\nprint(x)")["status"] == "ok"
+        assert cell("%%sandbox python\nprint(x + 0)")["status"] == "ok"
+        assert printed[-2:] == ["42\n", "42\n"]
+        on_server = SandboxManager(tmp_path / "data", is_admin=True).store.select()
+        assert [(row["user_id"], row["name"].startswith("kernel-")) for row in on_server] == [("dana", True)]
+        assert not (tmp_path / "kernel-side" / "nexus.db").exists()
+    finally:
+        client.stop_channels()
+        kernel.shutdown_kernel(now=True)
+        server.stop()
+        destroy_everything_in(tmp_path / "data")

@@ -256,6 +256,11 @@ class Provider(ABC):
         raise ProviderNotSupported(f"the {self.display_name} provider has no metrics")
 
     # ---- housekeeping and machine facts
+    def prepare(self) -> None:
+        """Load and probe what a create needs, ahead of it (a notebook kernel does this in the
+        background when the extension loads, so its first cell does not wait for it)."""
+        return None
+
     def keep_warm(self) -> None:
         """Start spare boxes up to the pool size, in the background (with Feature.WARM_POOL)."""
         return None  # a provider without a pool has nothing to start

@@ -177,6 +177,10 @@ class LocalProvider(AgentProvider):
             if pooled:
                 self.keep_warm()
 
+    def prepare(self) -> None:
+        if self.cgroups is not None:  # found once: ~30 ms of probing the hierarchies
+            self.pool.fingerprint()
+
     def keep_warm(self) -> None:
         if self.pool_size > 0:
             self.pool.refill_in_background(self.pool_size)

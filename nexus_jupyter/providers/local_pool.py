@@ -44,11 +44,15 @@ DRAINED_SUFFIX = "-drained"  # a slot taken by drain (never claimable: it has no
 SLOT_NAME = re.compile(r"pool-[0-9a-f]{12}")
 
 
+FINGERPRINT_SECONDS = 30.0
+
+
 class LocalPool:
     """The warm pool of one store's local boxes."""
 
     def __init__(self, provider: LocalProvider):
         self.provider = provider
+        self._fingerprint: tuple[float, str] | None = None
 
     @property
     def lock_file(self) -> Path:
@@ -69,7 +73,11 @@ class LocalPool:
     def fingerprint(self) -> str:
         """What a pool box was made from, as this process would make one: the isolation, the
         Python (a venv's), the interpreters' directories and the box code's version.  A
-        process claims only boxes made as it would have made them."""
+        process claims only boxes made as it would have made them.  Kept for 30 s: a long-lived
+        process (a server, a kernel) sees an upgrade in place within that time."""
+        now = time.monotonic()
+        if self._fingerprint is not None and now - self._fingerprint[0] < FINGERPRINT_SECONDS:
+            return self._fingerprint[1]
         from .isolation import choose_isolation
         from .local import _interpreters, _runtime_paths
 
@@ -81,7 +89,8 @@ class LocalPool:
         # kernel started as python run the same Python (a venv's shows in sys.prefix).
         interpreters = {name: os.path.realpath(path) for name, path in _interpreters().items()}
         made_of = [choose_isolation(), interpreters, _runtime_paths(), sys.prefix, str(BOX_CODE_SOURCE), code]
-        return json.dumps(made_of, sort_keys=True)
+        self._fingerprint = (now, json.dumps(made_of, sort_keys=True))
+        return self._fingerprint[1]
 
     def slots(self) -> list[str]:
         """Names of the pool's ready boxes (their record written), oldest first."""
