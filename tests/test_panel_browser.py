@@ -130,3 +130,21 @@ def test_the_panel_renders_again_after_a_reload_and_stop_asks_first(page, lab):
     assert nx.sandbox_status(doomed)["status"] == "stopped"
     assert nx.sandbox_status(kept)["status"] == "active"
     row_stop.wait_for(state="detached", timeout=10_000)  # its row is gone from the panel
+
+
+def test_jupyter_lab_loads_the_server_extension_and_the_browser_session_reaches_its_api(page, lab):
+    url, token, data_dir = lab
+    mine = SandboxManager(data_dir).sandbox_create("seen-over-rest")["sandbox_id"]
+    page.goto(f"{url}/lab?token={token}")
+    page.locator(".jp-LabShell").wait_for(timeout=60_000)
+    # what the sidebar will do: a fetch with the page's cookie, and the XSRF token on a write
+    listed = page.evaluate("async () => (await fetch('/nexus/api/sandboxes')).json()")
+    assert mine in [record["sandbox_id"] for record in listed["sandboxes"]]
+    forged = page.evaluate("async () => (await fetch('/nexus/api/sandboxes', {method: 'POST', body: '{}'})).status")
+    assert forged == 403
+    xsrf = "document.cookie.split('; ').find(c => c.startsWith('_xsrf=')).slice(6)"
+    stopped = page.evaluate(
+        f"async () => (await fetch('/nexus/api/sandboxes/{mine}/stop', "
+        f"{{method: 'POST', headers: {{'X-XSRFToken': {xsrf}}}}})).json()"
+    )
+    assert stopped["status"] == "stopped"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -117,5 +119,85 @@ def test_a_notebooks_sandbox_cells_go_through_the_server_in_remote_mode(tmp_path
     finally:
         client.stop_channels()
         kernel.shutdown_kernel(now=True)
+        server.stop()
+        destroy_everything_in(tmp_path / "data")
+
+
+def test_api_keys_without_the_sandboxes_only_authorizer_open_nothing(tmp_path):
+    from jupyter_servers import JupyterServer
+
+    key = "a-key-of-more-than-16-characters"
+    server = JupyterServer(
+        tmp_path,
+        tmp_path / "data",
+        ["--ServerApp.identity_provider_class=nexus_jupyter.auth.ApiKeyIdentityProvider"],
+        env={"NEXUS_API_KEY": key},
+    )
+    try:
+        with_key = {"Authorization": f"Bearer {key}"}
+        assert requests.get(f"{server.api}/sandboxes", headers=with_key, timeout=30).status_code == 403
+        assert requests.post(f"{server.url}/api/kernels", headers=with_key, timeout=30).status_code == 403
+        assert requests.get(f"{server.url}/api/contents", headers=with_key, timeout=30).status_code == 403
+    finally:
+        server.stop()
+    assert "API keys refused: set c.ServerApp.authorizer_class" in server.log()
+
+
+def test_serve_keeps_its_address_and_auth_to_itself_and_reads_no_big_body_before_a_key(tmp_path):
+    for extra in ("--ServerApp.ip=0.0.0.0", "--port=9", "--ServerApp.authorizer_class=x.Y"):
+        done = subprocess.run(
+            [sys.executable, "-m", "nexus_jupyter", "serve", "--port", str(free_port()), extra],
+            env={**os.environ, "NEXUS_DATA_DIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().endswith("cannot be given to nexus serve: use --host and --port")
+    server = NexusServe(tmp_path / "data")
+    try:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        raw.sendall(
+            f"POST /nexus/api/sandboxes HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Content-Length: {200 << 20}\r\n\r\n".encode()
+            + b"x" * (1 << 20)
+        )
+        started = time.monotonic()
+        answer = raw.recv(4096)  # refused at once (or the connection closed), not read to its end
+        assert time.monotonic() - started < 5
+        assert answer == b"" or answer.split(b" ")[1] in (b"400", b"403", b"413")
+        raw.close()
+    finally:
+        server.stop()
+
+
+def test_a_key_file_edit_that_keeps_the_modification_time_still_counts(tmp_path):
+    from nexus_jupyter.auth import ApiKeyIdentityProvider, digest
+
+    keys = tmp_path / "keys"
+    keys.write_text("first-key-0123456789abcdef alice\n")
+    provider = ApiKeyIdentityProvider(keys_file=str(keys))
+    assert digest("first-key-0123456789abcdef") in provider.keys()
+    stamp = keys.stat().st_mtime_ns
+    keys.write_text("other-key-0123456789abcdef bob\n")  # the same size, and the old time put back
+    os.utime(keys, ns=(stamp, stamp))
+    assert digest("first-key-0123456789abcdef") not in provider.keys()
+
+
+def test_remote_mode_keeps_absolute_paths_and_refuses_a_key_with_a_line_break(tmp_path):
+    from nexus_jupyter import InvalidArgument, SandboxManager
+
+    server = NexusServe(tmp_path / "data")
+    try:
+        remote = SandboxManager(url=server.url, api_key=server.key)
+        sandbox = remote.sandbox_create("paths")["sandbox_id"]
+        assert remote.sandbox_write_file(sandbox, "/tmp/abs.txt", "x")["path"] == "/tmp/abs.txt"
+        assert remote.sandbox_read_file(sandbox, "/tmp/abs.txt") == b"x"
+        assert remote.sandbox_write_file(sandbox, "rel.txt", "y")["path"] == "/home/user/rel.txt"
+        remote.sandbox_stop(sandbox)
+        with pytest.raises(InvalidArgument, match="NEXUS_API_KEY holds a space or a control character") as caught:
+            SandboxManager(url=server.url, api_key=server.key + "\nX-Evil: 1")
+        assert server.key not in str(caught.value)
+    finally:
         server.stop()
         destroy_everything_in(tmp_path / "data")

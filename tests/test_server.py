@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -228,8 +229,6 @@ def test_a_long_silent_run_keeps_the_server_active_for_idle_culling(server, sand
 
         return datetime.fromisoformat(status["last_activity"].replace("Z", "+00:00")).timestamp()
 
-    import threading
-
     runner = threading.Thread(
         target=lambda: response.update(events=run_events(server, sandbox, code="import time; time.sleep(4)"))
     )
@@ -406,6 +405,7 @@ def test_users_with_their_own_keys_see_and_touch_only_their_own_sandboxes(tmp_pa
         tmp_path / "data",
         [
             "--ServerApp.identity_provider_class=nexus_jupyter.auth.ApiKeyIdentityProvider",
+            "--ServerApp.authorizer_class=nexus_jupyter.auth.SandboxesOnlyAuthorizer",
             f"--ApiKeyIdentityProvider.keys_file={keys_file}",
             "--SandboxService.max_sandboxes_per_user=1",
         ],
@@ -479,3 +479,117 @@ def test_the_server_keeps_a_warm_box_that_a_kernel_claims_and_refills_it(tmp_pat
     finally:
         pooled.stop()
         destroy_everything_in(data_dir)
+
+
+# ---- one user cannot starve the others
+def test_one_users_stuck_calls_and_stalled_uploads_do_not_hold_up_another_user(tmp_path):
+    keys = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef"}
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("".join(f"{key} {user}\n" for user, key in keys.items()))
+    team = JupyterServer(
+        tmp_path,
+        tmp_path / "data",
+        [
+            "--ServerApp.identity_provider_class=nexus_jupyter.auth.ApiKeyIdentityProvider",
+            "--ServerApp.authorizer_class=nexus_jupyter.auth.SandboxesOnlyAuthorizer",
+            f"--ApiKeyIdentityProvider.keys_file={keys_file}",
+            "--NexusSandboxApp.max_workers=4",
+            "--NexusSandboxApp.max_streams=4",
+            "--NexusSandboxApp.per_user_calls=2",
+            "--NexusSandboxApp.per_user_streams=2",
+            "--NexusSandboxApp.transfer_idle_timeout=3",
+        ],
+    )
+    stalled: list[socket.socket] = []
+    try:
+
+        def as_user(user, method, path, **kwargs):
+            return team.request(method, path, headers={"Authorization": f"Bearer {keys[user]}"}, **kwargs)
+
+        alices = as_user("alice", "POST", "sandboxes", json={"name": "a"}).json()["sandbox_id"]
+        bobs = as_user("bob", "POST", "sandboxes", json={"name": "b"}).json()["sandbox_id"]
+        # bob's uploads that never finish: more than the whole streaming pool
+        for n in range(6):
+            raw = socket.create_connection(("127.0.0.1", team.port), timeout=30)
+            raw.sendall(
+                f"PUT /nexus/api/sandboxes/{bobs}/files/slow{n} HTTP/1.1\r\nHost: 127.0.0.1:{team.port}\r\n"
+                f"Authorization: Bearer {keys['bob']}\r\nContent-Length: 1000\r\n\r\nabc".encode()
+            )
+            stalled.append(raw)
+        time.sleep(1)
+        started = time.monotonic()
+        answer = as_user("alice", "POST", f"sandboxes/{alices}/run", json={"code": "print('mine')"})
+        assert answer.status_code == 200 and '"mine\\n"' in answer.text
+        assert time.monotonic() - started < 5, "alice waited behind bob's stalled uploads"
+        # bob's own run waits for his slots, which his stalled uploads give up after 3 s
+        started = time.monotonic()
+        own = as_user("bob", "POST", f"sandboxes/{bobs}/run", json={"code": "print('bob')"})
+        assert own.status_code == 200 and time.monotonic() - started < 20
+        # bob's box with its agent's socket moved away: each call on it waits out the connect
+        as_user(
+            "bob",
+            "POST",
+            f"sandboxes/{bobs}/run",
+            json={"code": "mv /run/nexus/agent.sock /run/nexus/gone", "language": "bash"},
+        )
+
+        hanging = [
+            threading.Thread(target=as_user, args=("bob", "GET", f"sandboxes/{bobs}/files"), daemon=True)
+            for _ in range(8)
+        ]
+        for thread in hanging:
+            thread.start()
+        time.sleep(1)
+        started = time.monotonic()
+        listed = as_user("alice", "GET", "sandboxes")
+        assert listed.status_code == 200 and time.monotonic() - started < 5, "alice waited behind bob's stuck box"
+    finally:
+        for raw in stalled:
+            raw.close()
+        team.stop()
+        destroy_everything_in(tmp_path / "data")
+
+
+# ---- bad input: 400 with one line, never a 500
+def test_malformed_bodies_and_values_are_400s_with_one_line(server, sandbox):
+    cases = [
+        ("POST", "sandboxes", '{"name": "x", "provider": ["local"]}', "provider must be text, got list"),
+        ("POST", "sandboxes", '{"name": "\\ud800"}', "the sandbox name is not valid text: it holds a lone surrogate"),
+        ("POST", "sandboxes", '{"name": "x", "agent_id": {"a": 1}}', "agent_id must be text, got dict"),
+        (
+            "POST",
+            "sandboxes",
+            '{"name": "x", "tenant_id": "\\udfff"}',
+            "tenant_id is not valid text: it holds a lone surrogate",
+        ),
+        ("POST", "sandboxes", '{"name": ' + "[" * 100000 + "]" * 100000 + "}", "the request body is nested too deeply"),
+        (
+            "POST",
+            f"sandboxes/{sandbox}/run",
+            '{"code": "print(1)\\ud800"}',
+            "code is not valid text: it holds a lone surrogate",
+        ),
+        ("POST", f"sandboxes/{sandbox}/run", '{"code": "1", "filename": 7}', "filename must be text"),
+    ]
+    for method, path, body, message in cases:
+        answer = server.request(
+            method, path, data=body.encode(), headers={**server.headers(), "Content-Type": "application/json"}
+        )
+        assert (answer.status_code, answer.json()["message"]) == (400, message), body[:60]
+    assert run_events(server, sandbox, code="print('still fine')")[-1]["result"]["stdout"] == "still fine\n"
+    assert "Traceback" not in server.log()
+
+
+# ---- a cancelled run that was still waiting its turn never runs
+def test_a_run_cancelled_while_it_waited_for_the_previous_one_never_runs(server, sandbox):
+
+    first = threading.Thread(target=run_events, args=(server, sandbox), kwargs={"code": "import time; time.sleep(3)"})
+    first.start()
+    time.sleep(0.5)
+    queued = json.dumps({"code": "open('queued-ran', 'w').write('ran')"}).encode()
+    with raw_request(server, "POST", f"sandboxes/{sandbox}/run", queued):
+        time.sleep(1)  # it waits behind the first; then its client goes
+    first.join(30)
+    time.sleep(1)
+    after = run_events(server, sandbox, code="import os; print(os.path.exists('queued-ran'))")
+    assert after[-1]["result"]["stdout"] == "False\n"
