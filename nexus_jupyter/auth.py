@@ -1,8 +1,14 @@
-"""API keys as Jupyter users: the identity provider of ``nexus serve`` (or any server).
+"""API keys as Jupyter users: the identity provider of ``nexus serve``.
 
     c.ServerApp.identity_provider_class = "nexus_jupyter.auth.ApiKeyIdentityProvider"
+    c.ServerApp.authorizer_class = "nexus_jupyter.auth.SandboxesOnlyAuthorizer"   # required
     c.ApiKeyIdentityProvider.keys_file = "/etc/nexus/keys"   # a team shares one server
     # or one key, one user: NEXUS_API_KEY in the server's environment
+
+A key holder must reach the sandbox API and nothing else: with Jupyter's own
+authorizer a key would open kernels, terminals and files on the host, outside any
+sandbox.  So without ``SandboxesOnlyAuthorizer`` this provider refuses every
+request (and says why in the log).
 
 A request presents its key as ``Authorization: Bearer <key>`` (or ``token <key>``,
 as Jupyter's own clients send it).  The keys file has one key per line:
@@ -87,7 +93,7 @@ class ApiKeyIdentityProvider(IdentityProvider):
     def _no_jupyter_token(self) -> str:
         return ""  # keys, not Jupyter's generated token, are how clients get in
 
-    _loaded: tuple[float, dict] | None = None
+    _loaded: tuple[tuple, dict] | None = None
 
     def keys(self) -> dict[str, tuple[str, bool]]:
         """The keys in force: the file's (read again when it changes) and ``api_key``."""
@@ -95,13 +101,25 @@ class ApiKeyIdentityProvider(IdentityProvider):
         if self.api_key:
             keys[digest(self.api_key)] = (self.user_name, False)
         if self.keys_file:
-            changed = os.stat(self.keys_file).st_mtime
+            info = os.stat(self.keys_file)
+            # Not the time alone: an edit that keeps it (cp -p, rsync -t) must still count.
+            changed = (info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns)
             if self._loaded is None or self._loaded[0] != changed:
                 self._loaded = (changed, read_keys_file(self.keys_file))
             keys.update(self._loaded[1])
         return keys
 
+    _refusing_logged = False
+
     def get_user(self, handler) -> SandboxUser | None:
+        if not isinstance(handler.settings.get("authorizer"), SandboxesOnlyAuthorizer):
+            if not self._refusing_logged:
+                self._refusing_logged = True
+                self.log.critical(
+                    "nexus: API keys refused: set c.ServerApp.authorizer_class = "
+                    "'nexus_jupyter.auth.SandboxesOnlyAuthorizer' (a key would open kernels on this host)"
+                )
+            return None
         header = handler.request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
         if scheme.lower() not in ("bearer", "token") or not presented.strip():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import quote
@@ -77,6 +78,7 @@ STATUS_OF_ERROR = (
     (SandboxError, 400),
 )
 UPLOAD_QUEUE_CHUNKS = 8  # chunks of a request body held between the socket and the box
+EVENTS_BUFFERED = 64  # a run's events held for a client that reads slowly
 
 
 def status_of(error: SandboxError) -> int:
@@ -99,7 +101,8 @@ class NexusHandler(ExtensionHandlerMixin, APIHandler):
     async def call(self, function, *args, **kwargs):
         """The service's ``function(caller, ...)`` off the event loop; its errors as HTTP errors."""
         try:
-            return await self.app.off_loop(function, self.caller, *args, **kwargs)
+            caller = self.caller
+            return await self.app.off_loop(function, caller, *args, for_user=caller.user_id, **kwargs)
         except SandboxError as exc:
             raise web.HTTPError(status_of(exc), printable(exc)) from None
 
@@ -111,6 +114,8 @@ class NexusHandler(ExtensionHandlerMixin, APIHandler):
             body = json.loads(self.request.body)
         except (ValueError, UnicodeDecodeError):
             raise web.HTTPError(400, "the request body is not valid JSON") from None
+        except RecursionError:
+            raise web.HTTPError(400, "the request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise web.HTTPError(400, "the request body must be a JSON object")
         unknown = sorted(set(body) - set(allowed))
@@ -211,11 +216,13 @@ class RunHandler(NexusHandler):
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
             raise web.HTTPError(400, "execution_count must be a whole number")
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()  # bounded by the run's output caps
+        # Bounded: a client that does not read slows its own run (the box waits to write)
+        # instead of piling the run's output up in the server's memory.
+        events: asyncio.Queue = asyncio.Queue(EVENTS_BUFFERED)
         self._cancel = Cancel()
 
         def emit(event: dict) -> None:  # called on the service's thread
-            loop.call_soon_threadsafe(events.put_nowait, event)
+            _wait_on_loop(events.put(event), loop, lambda: self._cancel.cancelled)
 
         def run():
             try:
@@ -241,7 +248,7 @@ class RunHandler(NexusHandler):
 
         self.app.runs_in_flight += 1
         self.app.mark_active()
-        job = asyncio.ensure_future(self.app.streaming(run))
+        job = asyncio.ensure_future(self.app.streaming(run, for_user=self.caller.user_id))
         try:
             await self._stream(job, events)
         finally:
@@ -332,9 +339,12 @@ class FileHandler(NexusHandler):
             raise web.HTTPError(413, f"the file is over the {limit >> 20} MiB limit of a transfer (max_file_mb)")
         self.request.connection.set_max_body_size(limit)
         sandbox_id, path = self.path_kwargs["sandbox_id"], self.path_kwargs["path"]
-        self._upload = _UploadPipe(asyncio.get_running_loop())
+        self._upload = _UploadPipe(asyncio.get_running_loop(), self.app.transfer_idle_timeout)
+        caller = self.caller
         self._upload.job = asyncio.ensure_future(
-            self.app.streaming(self.app.service.write_file, self.caller, sandbox_id, path, self._upload)
+            self.app.streaming(
+                self.app.service.write_file, caller, sandbox_id, path, self._upload, for_user=caller.user_id
+            )
         )
 
     async def data_received(self, chunk: bytes) -> None:
@@ -367,7 +377,7 @@ class FileHandler(NexusHandler):
                 if not _wait_on_loop(chunks.put(chunk), loop, lambda: self._gone):
                     return  # the client went: leaving the loop ends the transfer from the box
 
-        job = asyncio.ensure_future(self.app.streaming(read))
+        job = asyncio.ensure_future(self.app.streaming(read, for_user=self.caller.user_id))
         started = False
         while True:
             getter = asyncio.ensure_future(chunks.get())
@@ -405,15 +415,18 @@ class _UploadPipe:
     """A request body as a file object for the service's thread: ``read`` waits for the
     next chunk from the socket; ``feed`` waits for room, so a slow box slows the client."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle_timeout: float):
         self.loop = loop
+        self.idle_timeout = idle_timeout
         self.queue: asyncio.Queue = asyncio.Queue(UPLOAD_QUEUE_CHUNKS)
         self.job: asyncio.Future | None = None
         self.buffer = b""
         self.ended = False
         self.aborted = False
+        self.fed_at = time.monotonic()
 
     async def feed(self, chunk: bytes) -> None:
+        self.fed_at = time.monotonic()
         if self.job is not None and self.job.done():
             return  # the write already failed (say, no such sandbox): the rest is dropped
         put = asyncio.ensure_future(self.queue.put(chunk))
@@ -429,6 +442,8 @@ class _UploadPipe:
     def read(self, size: int = -1) -> bytes:  # on the service's thread
         while not self.ended and (size < 0 or len(self.buffer) < size):
             chunk = self._next()
+            if chunk is None and not self.aborted:
+                raise InvalidArgument(f"the upload stalled: nothing came for {self.idle_timeout:g} s")
             if chunk is None:
                 raise InvalidArgument("the upload was cut off before its end")
             if chunk == b"":
@@ -444,7 +459,11 @@ class _UploadPipe:
         async def get() -> None:
             got.append(await self.queue.get())
 
-        if not _wait_on_loop(get(), self.loop, lambda: self.aborted and self.queue.empty()):
+        def given_up() -> bool:
+            stalled = time.monotonic() - self.fed_at > self.idle_timeout
+            return self.queue.empty() and (self.aborted or stalled)
+
+        if not _wait_on_loop(get(), self.loop, given_up):
             return None
         return got[0]
 

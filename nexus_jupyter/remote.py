@@ -57,6 +57,10 @@ class RemoteService:
             raise InvalidArgument(f"NEXUS_URL must be an http(s) URL like http://localhost:2026, not {url!r}")
         if not api_key:
             raise InvalidArgument(f"NEXUS_URL is set ({url}) but NEXUS_API_KEY is not: set the server's key")
+        if any(ch.isspace() or not ch.isprintable() for ch in api_key):
+            raise InvalidArgument(
+                "NEXUS_API_KEY holds a space or a control character (a line break?): check how it was set"
+            )
         self.url = url.rstrip("/")
         self.api_key = api_key
         self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
@@ -256,14 +260,14 @@ class RemoteService:
             body = bytes(content)
         else:
             body = _chunks_of(content)  # sent chunked (no length given): the file is never held whole
-        target = f"/sandboxes/{self._id(sandbox_id)}/files/{quote(path.lstrip('/') if path else '', safe='/')}"
+        target = f"/sandboxes/{self._id(sandbox_id)}/files/{_file_path(path)}"
         response = self._send("PUT", target, body, headers)
         if response.status != 201:
             raise self._fail(response, target)
         return json.loads(response.read())
 
     def read_file_chunks(self, caller, sandbox_id: str, path: str) -> Iterator[bytes]:
-        target = f"/sandboxes/{self._id(sandbox_id)}/files/{quote(path.lstrip('/') if path else '', safe='/')}"
+        target = f"/sandboxes/{self._id(sandbox_id)}/files/{_file_path(path)}"
         response = self._send("GET", target)
         if response.status != 200:
             raise self._fail(response, target)
@@ -287,6 +291,14 @@ class RemoteService:
     upload_file = SandboxService.upload_file
     read_file = SandboxService.read_file
     download_file = SandboxService.download_file
+
+
+def _file_path(path: str) -> str:
+    """A path as the files route takes it: an absolute one keeps its leading slash (as %2F)."""
+    if not isinstance(path, str) or not path:
+        raise InvalidArgument("a file path is required")
+    quoted = quote(path, safe="/")
+    return "%2F" + quoted[1:] if quoted.startswith("/") else quoted
 
 
 def _chunks_of(source: IO[bytes]) -> Iterator[bytes]:

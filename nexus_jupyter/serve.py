@@ -21,6 +21,9 @@ from .errors import InvalidArgument
 from .store import default_data_dir
 
 DEFAULT_PORT = 2026
+MAX_JSON_BODY = 16 << 20  # a run's code of a few MiB, as JSON
+# What nexus serve decides itself: the address (--host/--port), who a key is, what it opens.
+FIXED_SETTINGS = ("ip", "port", "identity_provider_class", "authorizer_class", "max_body_size", "max_buffer_size")
 
 
 def is_loopback(host: str) -> bool:
@@ -78,6 +81,10 @@ def server_arguments(host: str, port: int, data_dir: Path, keys_file: str | None
         "--ServerApp.identity_provider_class=nexus_jupyter.auth.ApiKeyIdentityProvider",
         "--ServerApp.authorizer_class=nexus_jupyter.auth.SandboxesOnlyAuthorizer",
         f"--NexusSandboxApp.data_dir={data_dir}",
+        # Only small JSON is read whole (uploads stream, after their key is checked): a body
+        # sent before any key is looked at must not be buffered by the hundred MiB.
+        f"--ServerApp.max_body_size={MAX_JSON_BODY}",
+        f"--ServerApp.max_buffer_size={MAX_JSON_BODY}",
     ]
     if keys_file:
         argv.append(f"--ApiKeyIdentityProvider.keys_file={os.path.abspath(keys_file)}")
@@ -91,7 +98,17 @@ def serve(host: str, port: int, keys_file: str | None = None, extra: list[str] |
     from .serverextension import NexusSandboxApp
 
     data_dir = Path(os.environ.get("NEXUS_DATA_DIR") or default_data_dir()).expanduser()
+    for arg in extra or []:
+        name = arg.lstrip("-").split("=", 1)[0].removeprefix("ServerApp.")
+        if name in FIXED_SETTINGS:
+            raise InvalidArgument(f"{arg.split('=', 1)[0]} cannot be given to nexus serve: use --host and --port")
     argv, env = server_arguments(host, port, data_dir, keys_file)
+    if not is_loopback(host) and not any("certfile" in arg for arg in extra or []):
+        print(
+            f"nexus serve: warning: {host} is served over plain HTTP, so keys cross the network in clear text: "
+            "put it behind TLS, or pass --ServerApp.certfile=... --ServerApp.keyfile=...",
+            flush=True,
+        )
     made_key = "NEXUS_API_KEY" in env
     os.environ.update(env)
     if made_key:

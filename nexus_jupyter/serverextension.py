@@ -71,6 +71,15 @@ class NexusSandboxApp(ExtensionApp):
         config=True
     )
     max_streams = Int(64, help="Runs and file transfers that may stream at once (each holds a thread)").tag(config=True)
+    per_user_calls = Int(
+        4, help="Quick calls one user may have under way at once (more wait their turn, holding no thread)"
+    ).tag(config=True)
+    per_user_streams = Int(8, help="Runs and file transfers one user may stream at once (more wait their turn)").tag(
+        config=True
+    )
+    transfer_idle_timeout = Float(
+        60.0, help="Seconds an upload may send nothing before it is abandoned and its thread freed"
+    ).tag(config=True)
 
     @default("owner")
     def _default_owner(self) -> str:
@@ -94,6 +103,7 @@ class NexusSandboxApp(ExtensionApp):
         self.executor = ThreadPoolExecutor(self.max_workers, thread_name_prefix="nexus")
         self.stream_executor = ThreadPoolExecutor(self.max_streams, thread_name_prefix="nexus-stream")
         self.runs_in_flight = 0
+        self._slots: dict[tuple[str, str], asyncio.Semaphore] = {}
         self._marked_at = 0.0
         self._reaper_task: asyncio.Task | None = None
         self.settings.update({"nexus_jupyter_app": self})
@@ -152,16 +162,26 @@ class NexusSandboxApp(ExtensionApp):
         return self.runs_in_flight > 0
 
     # ---- work off the event loop
-    async def off_loop(self, function, *args, **kwargs):
+    async def off_loop(self, function, *args, for_user: str | None = None, **kwargs):
         """``function(*args, **kwargs)`` in the thread pool: the event loop never waits on
-        SQLite or a container's removal."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, lambda: function(*args, **kwargs))
+        SQLite or a container's removal.  ``for_user``: one of that user's ``per_user_calls``
+        (one user's stuck sandbox cannot hold every thread while others wait)."""
+        return await self._in(self.executor, "calls", for_user, function, args, kwargs)
 
-    async def streaming(self, function, *args, **kwargs):
+    async def streaming(self, function, *args, for_user: str | None = None, **kwargs):
         """As ``off_loop``, for a run or a file transfer (as long as it streams)."""
+        return await self._in(self.stream_executor, "streams", for_user, function, args, kwargs)
+
+    async def _in(self, pool, kind: str, user: str | None, function, args, kwargs):
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.stream_executor, lambda: function(*args, **kwargs))
+        if user is None:
+            return await loop.run_in_executor(pool, lambda: function(*args, **kwargs))
+        slot = self._slots.get((user, kind))
+        if slot is None:
+            size = self.per_user_calls if kind == "calls" else self.per_user_streams
+            slot = self._slots[user, kind] = asyncio.Semaphore(size)
+        async with slot:
+            return await loop.run_in_executor(pool, lambda: function(*args, **kwargs))
 
     def mark_active(self) -> None:
         """A run is streaming: the server is in use (its idle culling must not stop it)."""

@@ -41,6 +41,7 @@ from .validation import (
     check_code,
     check_env,
     check_path,
+    check_text,
     normalize_language,
     positive_number,
     whole_number,
@@ -199,6 +200,11 @@ class SandboxService:
             raise InvalidArgument("a sandbox name is required")
         if len(name) > 200 or any(ch in name for ch in "\0\n\r"):
             raise InvalidArgument("a sandbox name is one line of at most 200 characters")
+        check_text(name, "the sandbox name")
+        for value, what in ((provider, "provider"), (template_id, "template_id"), (agent_id, "agent_id"),
+                            (tenant_id, "tenant_id")):  # fmt: skip
+            if value is not None:
+                check_text(value, what, max_length=500)
         if ttl_minutes is None:
             ttl_minutes = self.settings.default_ttl
         ttl = whole_number(ttl_minutes, "ttl_minutes", 1, MAX_TTL_MINUTES)

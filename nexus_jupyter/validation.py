@@ -56,6 +56,24 @@ def normalize_language(language) -> str:
     return name
 
 
+def check_text(value, what: str, *, max_length: int = 200) -> str:
+    """A caller's text field (a name, an id, a tag): a string SQLite and every front end can
+    hold: no NUL, no lone surrogate (JSON allows one; UTF-8 does not)."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be text, got {type(value).__name__}")
+    if "\0" in value or len(value) > max_length:
+        raise InvalidArgument(f"{what} must be text of at most {max_length} characters, without NUL")
+    _encodable(value, what)
+    return value
+
+
+def _encodable(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} is not valid text: it holds a lone surrogate") from None
+
+
 def check_code(code) -> str:
     if code is None:
         raise InvalidArgument("no code to run")
@@ -68,6 +86,7 @@ def check_code(code) -> str:
         raise InvalidArgument(f"code must be text, got {type(code).__name__}")
     if "\0" in code:
         raise InvalidArgument("code contains a NUL byte")
+    _encodable(code, "code")
     if not code.strip():
         raise InvalidArgument("no code to run (the code is empty)")
     return code
@@ -78,6 +97,7 @@ def check_path(path) -> str:
         raise InvalidArgument("a file path is required")
     if "\0" in path:
         raise InvalidArgument("the file path contains a NUL byte")
+    _encodable(path, "the file path")
     return path
 
 
@@ -96,5 +116,7 @@ def check_env(env) -> dict[str, str]:
         text = str(value)
         if "\0" in text:
             raise InvalidArgument(f"env value of {key} contains a NUL byte")
+        _encodable(key, "an env name")
+        _encodable(text, f"env value of {key}")
         checked[key] = text
     return checked

@@ -144,7 +144,7 @@ def test_api_keys_without_the_sandboxes_only_authorizer_open_nothing(tmp_path):
 
 
 def test_serve_keeps_its_address_and_auth_to_itself_and_reads_no_big_body_before_a_key(tmp_path):
-    for extra in ("--ServerApp.ip=0.0.0.0", "--port=9", "--ServerApp.authorizer_class=x.Y"):
+    for extra in ("--ServerApp.ip=0.0.0.0", "--ServerApp.port=9", "--ServerApp.authorizer_class=x.Y"):
         done = subprocess.run(
             [sys.executable, "-m", "nexus_jupyter", "serve", "--port", str(free_port()), extra],
             env={**os.environ, "NEXUS_DATA_DIR": str(tmp_path)},

@@ -285,6 +285,9 @@ class Supervisor:
                 self.shell.send({"op": "environ", "env": env})
                 self._answer(conn, {"ev": "end"})
                 continue
+            if op == "execute" and _hung_up(conn):
+                conn.close()  # cancelled while it waited: it must not run later, unseen
+                continue
             cell = Cell(conn, request)
             if self.note:
                 cell.send({"ev": "stderr", "data": self.note})
@@ -446,6 +449,16 @@ class Supervisor:
                     self.client_said(key.fileobj)
             self.check_time()
             self.next_request()
+
+
+def _hung_up(conn):
+    """Whether the client of a waiting request has gone (its end of the connection closed)."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _receive(conn):
