@@ -135,6 +135,16 @@ class NexusHandler(ExtensionHandlerMixin, APIHandler):
         self.finish(json.dumps(data))
 
 
+class WhoAmIHandler(NexusHandler):
+    """``GET whoami``: the user this request acts as (the owner of what it creates)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        caller = self.caller
+        self.reply({"user_id": caller.user_id, "is_admin": caller.is_admin})
+
+
 class SandboxesHandler(NexusHandler):
     """``GET sandboxes`` (list) and ``POST sandboxes`` (create)."""
 
@@ -486,6 +496,7 @@ def route_table(prefix: str) -> list[tuple[str, type, dict] | tuple[str, type]]:
     """The routes, relative to the server's base_url."""
     sandbox = rf"{prefix}/sandboxes/{SANDBOX_ID}"
     return [
+        (rf"{prefix}/whoami", WhoAmIHandler),
         (rf"{prefix}/sandboxes/?", SandboxesHandler),
         (rf"{sandbox}/?", SandboxHandler),
         (rf"{sandbox}/(?P<action>pause|resume|stop)", ActionHandler),

@@ -63,15 +63,18 @@ class SandboxManager:
     # ---- who and where
     @property
     def user_id(self) -> str:
-        return self.caller.user_id
+        """Who this manager acts as: the caller, or in remote mode the server's user of the key."""
+        whoami = getattr(self.service, "whoami", None)
+        return whoami()[0] if whoami is not None else self.caller.user_id
 
     @property
     def current_user(self) -> str:
-        return self.caller.user_id
+        return self.user_id
 
     @property
     def is_admin(self) -> bool:
-        return self.caller.is_admin
+        whoami = getattr(self.service, "whoami", None)
+        return whoami()[1] if whoami is not None else self.caller.is_admin
 
     @property
     def store(self):

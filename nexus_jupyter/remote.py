@@ -144,6 +144,13 @@ class RemoteService:
         return quote(sandbox_id, safe="")
 
     # ---- the service's API
+    def whoami(self) -> tuple[str, bool]:
+        """(user id, admin) as the server sees this key; asked once."""
+        if getattr(self, "_whoami", None) is None:
+            answer = self._json("GET", "/whoami")
+            self._whoami = (answer["user_id"], bool(answer["is_admin"]))
+        return self._whoami
+
     def provider(self, name: str):
         raise ProviderNotSupported(f"providers run on the nexus server at {self.url}, not here")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 import stat
@@ -189,7 +190,8 @@ def test_remote_mode_keeps_absolute_paths_and_refuses_a_key_with_a_line_break(tm
 
     server = NexusServe(tmp_path / "data")
     try:
-        remote = SandboxManager(url=server.url, api_key=server.key)
+        remote = SandboxManager(url=server.url, api_key=server.key, user_id="not-the-servers-view")
+        assert (remote.user_id, remote.is_admin) == (getpass.getuser(), False)  # the key's user, as the server says
         sandbox = remote.sandbox_create("paths")["sandbox_id"]
         assert remote.sandbox_write_file(sandbox, "/tmp/abs.txt", "x")["path"] == "/tmp/abs.txt"
         assert remote.sandbox_read_file(sandbox, "/tmp/abs.txt") == b"x"

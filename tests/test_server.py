@@ -133,6 +133,7 @@ def test_create_status_list_run_stop_answer_the_clis_json(server):
     record = created.json()
     assert not schema_errors(record, "Sandbox")
     assert created.headers["Location"] == f"/nexus/api/sandboxes/{record['sandbox_id']}"
+    assert server.request("GET", "whoami").json() == {"user_id": getpass.getuser(), "is_admin": False}
     # the server's user is the sandbox owner, and its settings apply (--SandboxService.default_ttl=42)
     assert (record["user_id"], record["ttl_minutes"], record["agent_id"]) == (getpass.getuser(), 42, "agent-7")
     sandbox_id = record["sandbox_id"]
@@ -432,6 +433,8 @@ def test_users_with_their_own_keys_see_and_touch_only_their_own_sandboxes(tmp_pa
             assert as_user("bob", method, path).status_code == 404
         assert as_user("bob", "GET", "sandboxes", params={"user": "alice"}).status_code == 403
         assert as_user("bob", "POST", f"sandboxes/{mine['sandbox_id']}/run", json={"code": "1"}).status_code == 404
+        assert as_user("root", "GET", "whoami").json() == {"user_id": "ops", "is_admin": True}
+        assert as_user("bob", "GET", "whoami").json() == {"user_id": "bob", "is_admin": False}
         admin_view = as_user("root", "GET", "sandboxes", params={"user": "alice"}).json()["sandboxes"]
         assert [r["sandbox_id"] for r in admin_view] == [mine["sandbox_id"]]
         assert team.request("GET", "sandboxes", headers={"Authorization": "Bearer not-a-key-at-all"}).status_code == 403
