@@ -125,7 +125,10 @@ class Reaper:
             except SandboxError:
                 continue
             for orphan in sorted(held - self.store.live_ids(name)):
-                backend.destroy(orphan, {})
+                try:
+                    backend.destroy(orphan, {})
+                except (SandboxError, OSError):
+                    continue  # ending as we looked (or stuck): the next pass sees it again
                 report["orphans"].append(orphan)
             report["pruned"] += backend.prune()
         return report

@@ -276,13 +276,16 @@ class Cgroups:
         # kill; a round is repeated in case one was caught mid-fork anyway.
         deadline = time.monotonic() + 10
         while self.pids(box_id) and time.monotonic() < deadline:
-            self.freeze(box_id)
-            for pid in self.pids(box_id):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            self.thaw(box_id)
+            try:
+                self.freeze(box_id)
+                for pid in self.pids(box_id):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                self.thaw(box_id)
+            except FileNotFoundError:
+                return  # the group went away meanwhile (its box ended, or another stop removed it)
             settle = time.monotonic() + 0.5
             while self.pids(box_id) and time.monotonic() < settle:
                 time.sleep(0.002)
