@@ -224,11 +224,14 @@ class NexusSandboxApp(ExtensionApp):
 
     def _drain_pools(self) -> None:
         for name in ("local", "docker"):
-            if name in self.service._providers:
-                try:
-                    self.service.provider(name).drain_pool()
-                except SandboxError as exc:
-                    self.log.debug("nexus_jupyter: %s pool not drained: %s", name, exc)
+            backend = self.service._providers.get(name)
+            if backend is None:
+                continue
+            backend.pool_size = 0  # a refill that has not begun yet starts nothing now
+            try:
+                backend.drain_pool()
+            except SandboxError as exc:
+                self.log.debug("nexus_jupyter: %s pool not drained: %s", name, exc)
 
     def api_url(self, *parts: str) -> str:
         return url_path_join(self.serverapp.base_url, API_PREFIX, *parts)

@@ -108,7 +108,14 @@ class NexusServe:
         self.url = f"http://127.0.0.1:{self.port}"
         self.key = secrets.token_urlsafe(24) if key == "" else key
         environment = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
-        environment.update({"NEXUS_DATA_DIR": str(data_dir), "NEXUS_LOCAL_POOL_SIZE": "0", **(env or {})})
+        environment.update(
+            {
+                "NEXUS_DATA_DIR": str(data_dir),
+                "NEXUS_LOCAL_POOL_SIZE": "0",
+                "NEXUS_DOCKER_POOL_SIZE": "0",
+                **(env or {}),
+            }
+        )
         if self.key:
             environment["NEXUS_API_KEY"] = self.key
         self.keys_file = data_dir.parent / f"nexus-serve-{self.port}.keys"
