@@ -393,6 +393,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def team_server(root, keys_file, *settings: str) -> JupyterServer:
+    """A Jupyter server whose users are API keys (as nexus serve's), its sandboxes in ``root/data``."""
+    return JupyterServer(
+        root,
+        root / "data",
+        [
+            "--ServerApp.identity_provider_class=nexus_jupyter.auth.ApiKeyIdentityProvider",
+            "--ServerApp.authorizer_class=nexus_jupyter.auth.SandboxesOnlyAuthorizer",
+            f"--ApiKeyIdentityProvider.keys_file={keys_file}",
+            *settings,
+        ],
+    )
+
+
 # ---- one user never sees another's (API keys: users the server can tell apart)
 def test_users_with_their_own_keys_see_and_touch_only_their_own_sandboxes(tmp_path):
     keys = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef", "root": "admin-0123456789abcdef"}
@@ -402,16 +416,7 @@ def test_users_with_their_own_keys_see_and_touch_only_their_own_sandboxes(tmp_pa
         f"sha256:{__import__('hashlib').sha256(keys['bob'].encode()).hexdigest()} bob  # stored hashed\n"
         f"{keys['root']} ops admin\n"
     )
-    team = JupyterServer(
-        tmp_path,
-        tmp_path / "data",
-        [
-            "--ServerApp.identity_provider_class=nexus_jupyter.auth.ApiKeyIdentityProvider",
-            "--ServerApp.authorizer_class=nexus_jupyter.auth.SandboxesOnlyAuthorizer",
-            f"--ApiKeyIdentityProvider.keys_file={keys_file}",
-            "--SandboxService.max_sandboxes_per_user=1",
-        ],
-    )
+    team = team_server(tmp_path, keys_file, "--SandboxService.max_sandboxes_per_user=1")
     try:
 
         def as_user(user, method, path, **kwargs):
@@ -490,19 +495,14 @@ def test_one_users_stuck_calls_and_stalled_uploads_do_not_hold_up_another_user(t
     keys = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef"}
     keys_file = tmp_path / "keys"
     keys_file.write_text("".join(f"{key} {user}\n" for user, key in keys.items()))
-    team = JupyterServer(
+    team = team_server(
         tmp_path,
-        tmp_path / "data",
-        [
-            "--ServerApp.identity_provider_class=nexus_jupyter.auth.ApiKeyIdentityProvider",
-            "--ServerApp.authorizer_class=nexus_jupyter.auth.SandboxesOnlyAuthorizer",
-            f"--ApiKeyIdentityProvider.keys_file={keys_file}",
-            "--NexusSandboxApp.max_workers=4",
-            "--NexusSandboxApp.max_streams=4",
-            "--NexusSandboxApp.per_user_calls=2",
-            "--NexusSandboxApp.per_user_streams=2",
-            "--NexusSandboxApp.transfer_idle_timeout=3",
-        ],
+        keys_file,
+        "--NexusSandboxApp.max_workers=4",
+        "--NexusSandboxApp.max_streams=4",
+        "--NexusSandboxApp.per_user_calls=2",
+        "--NexusSandboxApp.per_user_streams=2",
+        "--NexusSandboxApp.transfer_idle_timeout=3",
     )
     stalled: list[socket.socket] = []
     try:
