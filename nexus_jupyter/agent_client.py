@@ -367,8 +367,8 @@ class AgentClient:
         MAX_RESULTS_BYTES."""
         limit = int(request["max_output_chars"])
         streams = {
-            "stdout": _CappedStream("stdout", limit, on_stdout),
-            "stderr": _CappedStream("stderr", limit, on_stderr),
+            "stdout": CappedStream("stdout", limit, on_stdout),
+            "stderr": CappedStream("stderr", limit, on_stderr),
         }
         ceiling = 8 * limit + MAX_RESULTS_BYTES + (1 << 20)
         results: list[dict] = []
@@ -482,7 +482,7 @@ def _check_shape(op: str, event: dict) -> None:
         raise AgentImpostor(f"the sandbox's agent sent a malformed {op} event ({str(kind)[:20]!r})")
 
 
-class _CappedStream:
+class CappedStream:
     """One output stream as the host keeps it: at most ``limit`` characters (the agent caps
     its own output; this holds whatever answers), with a marker where the rest was dropped."""
 

@@ -234,6 +234,9 @@ class SandboxService:
             env=check_env(env),
             idle_timeout_seconds=ttl * 60 + AGENT_EXPIRY_GRACE_SECONDS,
             owner=caller.user_id,
+            name=name,
+            agent_id=agent_id,
+            tenant_id=tenant_id or "default",
         )
         self._reap_expired()
         now = time.time()

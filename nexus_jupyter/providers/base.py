@@ -136,6 +136,9 @@ class BoxSpec:
         env: dict | None = None,
         owner: str = "",
         idle_timeout_seconds: float = 0.0,
+        name: str = "",
+        agent_id: str | None = None,
+        tenant_id: str = "default",
     ):
         self.sandbox_id = sandbox_id
         self.template_id = template_id
@@ -147,6 +150,10 @@ class BoxSpec:
         self.env = env if env is not None else {}
         self.owner = owner
         self.idle_timeout_seconds = idle_timeout_seconds
+        # Who and what the box is for: a cloud provider labels its sandboxes with them.
+        self.name = name
+        self.agent_id = agent_id
+        self.tenant_id = tenant_id
 
     def __repr__(self) -> str:
         return f"BoxSpec({self.__dict__!r})"
