@@ -28,6 +28,9 @@ POOL_SUITES = {"test_isolation"}
 # The CLI and API suites also run in the seed's remote mode: through a real `nexus serve`
 # (NEXUS_URL, NEXUS_API_KEY) on the local provider.
 REMOTE_SUITES = {"test_cli", "test_conformance"}
+# The conformance suite also runs on the E2B provider, against the local double of E2B's
+# cloud (tests/e2b_double: the real SDK over HTTP, each sandbox a local box).
+E2B_SUITES = {"test_conformance"}
 # Suites about one provider run once, with that provider.
 SINGLE_PROVIDER_SUITES = {
     "test_local": "local",
@@ -49,6 +52,8 @@ def pytest_generate_tests(metafunc):
             variants.append("local+pool")
         if module in REMOTE_SUITES and "local" in PROVIDERS:
             variants.append("local+remote")
+        if module in E2B_SUITES and "local" in PROVIDERS:
+            variants.append("e2b")
         metafunc.parametrize("provider", variants, indirect=True)
 
 
@@ -85,6 +90,9 @@ def provider(request, monkeypatch, data_dir) -> str:
     monkeypatch.setenv("NEXUS_LOCAL_ISOLATION", "unshare" if variant == "unshare" else "auto")
     if variant == "pool":
         monkeypatch.setenv("NEXUS_LOCAL_POOL_SIZE", "1")
+    if name == "e2b":
+        for key, value in request.getfixturevalue("e2b_double").env().items():
+            monkeypatch.setenv(key, value)
     if variant != "remote":
         yield name
         return
@@ -109,6 +117,16 @@ def nexus_server(tmp_path_factory):
     yield server
     server.stop()
     destroy_everything_in(root / "data")
+
+
+@pytest.fixture(scope="session")
+def e2b_double(tmp_path_factory):
+    """The local double of E2B's cloud (started once, on first use)."""
+    from e2b_double import E2BDouble
+
+    double = E2BDouble(tmp_path_factory.mktemp("e2b-double") / "data")
+    yield double
+    double.stop()
 
 
 def remote(nx) -> bool:

@@ -241,6 +241,9 @@ class DoubleApp:
                     quiet_since = time.monotonic()
                     if event is None:
                         return
+                    if event.get("ev") == "failed" and sandbox.sandbox_id not in self.cloud.sandboxes:
+                        # The VM is gone: the connection drops, no line says why (werkzeug closes it).
+                        raise ConnectionAbortedError(f"the sandbox {sandbox.sandbox_id} was killed")
                     for line in self._output_lines(event, sandbox):
                         yield (json.dumps(line) + "\n").encode()
             finally:

@@ -115,6 +115,9 @@ class ProcessService(ProcessSync):
                     yield _event(data=pb.ProcessEvent.DataEvent(output=protobuf.Oneof(first, data)))
                     continue
                 outcome = first
+                if sandbox.sandbox_id not in self.cloud.sandboxes:
+                    # The sandbox was killed under the process: the proxy's answer, as for any request to it.
+                    raise ConnectError(Code.UNAVAILABLE, f"The sandbox {sandbox.sandbox_id} was not found")
                 exit_code = outcome["exit_code"]
                 yield _event(
                     end=pb.ProcessEvent.EndEvent(
