@@ -14,10 +14,10 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-
-from conftest import PROVIDERS
 from e2b_double import NO_PAUSE_KEY, E2BDouble
 from jupyter_servers import free_port
+
+from conftest import PROVIDERS
 from nexus_jupyter import SandboxError, SandboxManager, SandboxTimeout
 
 pytestmark = pytest.mark.skipif("local" not in PROVIDERS, reason="the double runs its sandboxes on the local provider")

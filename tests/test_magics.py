@@ -70,12 +70,18 @@ def run_cell(client, code: str, timeout: float = 120, interrupt_after: float | N
     return cell
 
 
-@pytest.fixture(scope="module", params=PROVIDERS)
+# The notebook's cells also run on E2B, against the local double of its cloud.
+NOTEBOOK_PROVIDERS = PROVIDERS + (["e2b"] if "local" in PROVIDERS else [])
+
+
+@pytest.fixture(scope="module", params=NOTEBOOK_PROVIDERS)
 def notebook(request, tmp_path_factory):
     """A notebook kernel with the extension loaded, its sandboxes in a fresh data dir."""
     data_dir = tmp_path_factory.mktemp("magics") / "data"
     manager = KernelManager(kernel_name="python3")
     env = {"NEXUS_DATA_DIR": str(data_dir), "NEXUS_SANDBOX_PROVIDER": request.param, "PATH": "/usr/bin:/bin"}
+    if request.param == "e2b":
+        env.update(request.getfixturevalue("e2b_double").env())
     manager.start_kernel(env={**__import__("os").environ, **env})
     client = manager.blocking_client()
     client.start_channels()
@@ -140,8 +146,9 @@ def test_an_exception_fails_the_cell_with_the_sandbox_traceback(notebook):
     assert "return 1 / 0" in cell.text("stderr")
     # the cell's own error is that last line, not an empty "SandboxCellError: "
     assert cell.error["traceback"] == ["ZeroDivisionError: division by zero"]
-    # the traceback numbers the cell as the notebook does
-    assert re.search(rf"Cell In ?\[{cell.reply['execution_count']}\], line 3", cell.text("stderr"))
+    # the traceback numbers the cell as the notebook does (on E2B its kernel numbers them)
+    number = cell.reply["execution_count"] if notebook[3] != "e2b" else r"\d+"
+    assert re.search(rf"Cell In ?\[{number}\], line 3", cell.text("stderr"))
 
 
 def test_a_timeout_says_so_and_keeps_the_state(notebook):
@@ -208,15 +215,16 @@ def test_fresh_runs_in_a_new_process(notebook):
     assert cell.text() == "False\n"
 
 
-def test_the_cli_sees_the_state_the_notebook_made(notebook):
-    client, _, data_dir, _ = notebook
+def test_the_cli_sees_the_state_the_notebook_made(notebook, request):
+    client, _, data_dir, provider = notebook
+    e2b = request.getfixturevalue("e2b_double").env() if provider == "e2b" else {}
     run_cell(client, "%%sandbox\nshared = 'from the notebook'")
     sandbox = current_sandbox(client)
     completed = subprocess.run(
         [sys.executable, "-m", "nexus_jupyter", "sandbox", "run", sandbox, "-c", "print(shared)"],
         capture_output=True,
         text=True,
-        env={**__import__("os").environ, "NEXUS_DATA_DIR": str(data_dir)},
+        env={**__import__("os").environ, "NEXUS_DATA_DIR": str(data_dir), **e2b},
         check=False,
     )
     assert completed.stdout == "from the notebook\n", completed.stderr

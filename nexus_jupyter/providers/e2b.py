@@ -347,9 +347,7 @@ class E2BProvider(Provider):
             if cancel is not None:
                 cancel.on_cancel(lambda: self._kill_quietly(sandbox, handle.pid))
             try:
-                outcome["exit_code"] = handle.wait(
-                    on_stdout=streams["stdout"].add, on_stderr=streams["stderr"].add
-                ).exit_code
+                outcome["exit_code"] = self._wait(handle, streams).exit_code
             except e2b.CommandExitException as exc:
                 outcome["exit_code"] = exc.exit_code
             except e2b.TimeoutException as exc:
@@ -358,6 +356,9 @@ class E2BProvider(Provider):
                 outcome["timed_out"] = True
                 outcome["exit_code"] = 124
                 self._kill_quietly(sandbox, handle.pid)
+            except BaseException:  # an interrupted caller (Ctrl-C, a notebook's stop button)
+                self._kill_quietly(sandbox, handle.pid)  # envd keeps a process its client left
+                raise
             if cancel is not None and cancel.cancelled:
                 raise AgentUnreachable("the run was cancelled")
         for stream in streams.values():
@@ -368,6 +369,29 @@ class E2BProvider(Provider):
             execution_time=round(time.monotonic() - started, 6),
         )
         return outcome
+
+    @staticmethod
+    def _wait(handle, streams: dict):
+        """The command's result.  The SDK waits in native code, where a signal cannot reach
+        Python, so it waits in a thread and this one stays interruptible (Ctrl-C, a kernel's
+        interrupt)."""
+        done = threading.Event()
+        ended: dict = {}
+
+        def wait():
+            try:
+                ended["result"] = handle.wait(on_stdout=streams["stdout"].add, on_stderr=streams["stderr"].add)
+            except BaseException as exc:
+                ended["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=wait, name="e2b-command", daemon=True).start()
+        while not done.wait(0.1):
+            pass
+        if "error" in ended:
+            raise ended["error"]
+        return ended["result"]
 
     @staticmethod
     def _command(language: str, code: str) -> tuple[str, str | None]:
