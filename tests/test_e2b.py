@@ -281,3 +281,48 @@ def test_internet_is_off_unless_asked_for(e2b, nx):
     assert e2b_sandbox(nx, opened).allow_internet_access is True
     for sandbox in (closed, opened):
         nx.sandbox_stop(sandbox)
+
+
+# ---- every front end: the REST API in a Jupyter server, the panel (the CLI and the
+# notebook's %%sandbox are above and in test_magics.py)
+
+
+def test_the_rest_api_runs_e2b_sandboxes_and_says_why_it_cannot_pause_them(e2b, tmp_path):
+    from jupyter_servers import JupyterServer
+
+    env = {**e2b.env(NO_PAUSE_KEY), "NEXUS_SANDBOX_PROVIDER": "e2b"}
+    server = JupyterServer(tmp_path, tmp_path / "data", env=env)
+    try:
+        created = server.request("POST", "sandboxes", json={"name": "via-rest", "provider": "e2b"})
+        assert created.status_code == 201, created.text
+        sandbox = created.json()["sandbox_id"]
+        assert created.json()["provider"] == "e2b"
+        response = server.request("POST", f"sandboxes/{sandbox}/run", json={"code": "print('streamed')\n6 * 7"})
+        events = [json.loads(line) for line in response.text.splitlines()]
+        assert {"type": "stdout", "text": "streamed\n"} in events
+        [result] = [event for event in events if event["type"] == "result"]
+        assert result["data"] == {"text/plain": "42"} and result["is_main_result"]
+        paused = server.request("POST", f"sandboxes/{sandbox}/pause")
+        assert (paused.status_code, paused.json()["message"]) == (400, SEED_PAUSE_MESSAGE)
+        assert server.request("GET", f"sandboxes/{sandbox}").json()["status"] == "active"
+        assert server.request("POST", f"sandboxes/{sandbox}/stop").json()["status"] == "stopped"
+        assert NO_PAUSE_KEY not in server.log()
+    finally:
+        server.stop()
+
+
+def test_the_panel_pauses_resumes_and_stops_an_e2b_sandbox(e2b, nx):
+    from nexus_jupyter.panel import SandboxPanel
+
+    sandbox = nx.sandbox_create("clicked")["sandbox_id"]
+    panel = SandboxPanel(nx, refresh_seconds=0)
+    try:
+        panel.buttons[("pause", sandbox)].click()
+        assert (nx.sandbox_status(sandbox)["status"], e2b_sandbox(nx, sandbox).state.value) == ("paused", "paused")
+        panel.buttons[("resume", sandbox)].click()
+        assert (nx.sandbox_status(sandbox)["status"], e2b_sandbox(nx, sandbox).state.value) == ("active", "running")
+        panel.buttons[("stop", sandbox)].click()
+        panel.confirm_button.click()
+        assert nx.sandbox_status(sandbox)["status"] == "stopped"
+    finally:
+        panel.close()
