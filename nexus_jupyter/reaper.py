@@ -42,8 +42,13 @@ class Reaper:
         ``destroy=False`` marks the rows only (their boxes become orphans for ``reap``)."""
         stopped = []
         for row in self.store.expired(time.time()):
-            if self.stop_row(row, reason="expired", destroy=destroy):
-                stopped.append(row["sandbox_id"])
+            try:
+                if self.stop_row(row, reason="expired", destroy=destroy):
+                    stopped.append(row["sandbox_id"])
+            except (SandboxError, OSError):
+                # Marked stopped, its box not destroyed (a cloud out of reach, no key in this
+                # shell): an orphan for the next full pass, not the failure of this call.
+                continue
         return stopped
 
     def stop_row(self, row: dict, reason: str, destroy: bool = True) -> bool:

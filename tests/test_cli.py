@@ -268,7 +268,7 @@ def test_version_and_help(nexus):
     for verb in ("create", "run", "list", "status", "pause", "resume", "stop"):
         assert verb in help_text
     create_help = " ".join(nexus("sandbox", "create", "--help").stdout.split())
-    assert "--provider TEXT docker, local [default: local, or $NEXUS_SANDBOX_PROVIDER]" in create_help
+    assert "--provider TEXT docker, e2b, local [default: local, or $NEXUS_SANDBOX_PROVIDER]" in create_help
 
 
 def test_json_output_is_plain_json_for_jq(nexus):

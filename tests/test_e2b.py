@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -163,6 +164,47 @@ def test_e2bs_timeout_follows_the_ttl_and_every_run_pushes_it(e2b, nx):
     expires = nx.store.get(sandbox)["expires_at"]
     assert expires + 55 <= end_at(nx, sandbox) <= expires + 30 + 65  # and the run's time, pushed before it
     nx.sandbox_stop(sandbox)
+
+
+def test_a_ttl_beyond_e2bs_longest_timeout_asks_e2b_for_its_longest(e2b, nx):
+    sandbox = nx.sandbox_create("long-lived", ttl_minutes=3 * 24 * 60)["sandbox_id"]
+    assert abs(end_at(nx, sandbox) - (time.time() + 24 * 3600)) < 60  # E2B ends it after 24 h idle at most
+    nx.sandbox_run(sandbox, "python", "1")  # and a run's push stays within it too
+    assert nx.sandbox_run(sandbox, "python", "print('alive')")["stdout"] == "alive\n"
+    nx.sandbox_stop(sandbox)
+
+
+def test_a_short_run_never_cuts_the_time_of_a_long_one(e2b, nx):
+    sandbox = nx.sandbox_create("overlapping", ttl_minutes=1)["sandbox_id"]
+    long_run = threading.Thread(target=nx.sandbox_run, args=(sandbox, "bash", "sleep 3"), kwargs={"timeout": 600})
+    long_run.start()
+    time.sleep(1)
+    nx.sandbox_run(sandbox, "bash", "true", timeout=1)  # pushes TTL + 1 s: less than the long run's push
+    assert end_at(nx, sandbox) >= time.time() + 600  # E2B's deadline did not move back
+    long_run.join()
+    nx.sandbox_stop(sandbox)
+
+
+def test_file_transfers_push_e2bs_timeout_too(e2b, nx):
+    sandbox = nx.sandbox_create("files-only", ttl_minutes=1)["sandbox_id"]
+    before = end_at(nx, sandbox)
+    time.sleep(1.5)
+    nx.sandbox_write_file(sandbox, "a.txt", b"x")
+    assert end_at(nx, sandbox) >= before + 1
+    assert [entry["name"] for entry in nx.sandbox_list_files(sandbox, ".")] == ["a.txt"]
+    nx.sandbox_stop(sandbox)
+
+
+def test_an_expired_e2b_sandbox_out_of_reach_does_not_break_other_commands(e2b, nx, monkeypatch):
+    sandbox = nx.sandbox_create("soon-expired", ttl_minutes=1)["sandbox_id"]
+    nx.store.update(sandbox, {"expires_at": time.time() - 1})  # its idle time ran out
+    monkeypatch.setenv("E2B_API_KEY", "")  # a shell without the key
+    local = SandboxManager(nx.data_dir, provider="local")
+    other = local.sandbox_create("local-box")["sandbox_id"]  # expires it first, and is not broken by that
+    assert local.sandbox_status(sandbox)["status"] == "stopped"
+    local.sandbox_stop(other)
+    monkeypatch.setenv("E2B_API_KEY", e2b.env()["E2B_API_KEY"])
+    assert sandbox in nx.reap()["orphans"]  # the orphan sweep ends it on E2B
 
 
 def test_a_sandbox_e2b_ended_shows_stopped_on_verify_and_its_row_is_fixed(e2b, nx):

@@ -22,15 +22,13 @@ at each call and never stored, logged or shown.
 from __future__ import annotations
 
 import os
+import posixpath
 import secrets
-import shlex
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..agent_client import CappedStream
 from ..errors import (
     AgentUnreachable,
     InvalidArgument,
@@ -41,6 +39,7 @@ from ..errors import (
     SandboxError,
 )
 from .base import BoxSpec, Cancel, Feature, OutputCallback, Provider, ResultCallback
+from .e2b_code import first_line, run_cell, run_command
 
 KEY_REQUIRED = (
     "E2B API key required: set E2B_API_KEY to a key from https://e2b.dev/dashboard?tab=keys "
@@ -49,42 +48,24 @@ KEY_REQUIRED = (
 PAUSE_REFUSED = "E2B doesn't support pause/resume. Use stop to destroy the sandbox."  # the seed's words
 DEFAULT_TEMPLATE = "code-interpreter-v1"  # the SDK's Sandbox.default_template
 HOME = "/home/user"
-# Code up to this size goes on the command line; longer code is written to a file first
-# (one argument may hold at most 128 KiB on Linux).
-INLINE_CODE_BYTES = 100_000
-COMMANDS = {"bash": None, "python": "python3", "javascript": "node"}
-SUFFIXES = {"python": ".py", "javascript": ".js", "bash": ".sh"}
-# The SDK's run_code deadline, with its pyqwest transport, is twice the timeout it is
-# given (read and write phases add up: measured, PROTOCOL.md §4).  A test asserts a
-# cell times out at our timeout, so an SDK that changes this fails loudly.
-RUN_CODE_DEADLINE_FACTOR = 2.0
-# The code interpreter's result keys and the MIME types they are (its `extra` holds the rest).
-RESULT_MIME_TYPES = {
-    "text": "text/plain",
-    "html": "text/html",
-    "markdown": "text/markdown",
-    "svg": "image/svg+xml",
-    "png": "image/png",
-    "jpeg": "image/jpeg",
-    "pdf": "application/pdf",
-    "latex": "text/latex",
-    "json": "application/json",
-    "javascript": "application/javascript",
-}
-FILE_TYPES = {"file": "file", "dir": "dir"}
+FILE_TYPES = {"file": "file", "dir": "dir", "symlink": "symlink"}
+# E2B ends a sandbox at most this long after its last use, whatever our TTL (24 h on
+# its Pro plan, 1 h on Hobby: a Hobby team keeps TTLs under an hour).
+E2B_MAX_TIMEOUT_SECONDS = 24 * 3600
+# Seconds a file transfer may keep a sandbox alive beyond its idle TTL.
+FILE_SECONDS = 300
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+def _where() -> str:
+    """Where the SDK sends control-plane calls, for messages (no credentials from the URL)."""
+    from urllib.parse import urlsplit
 
-
-def result_bundle(result) -> dict:
-    """An E2B ``Result`` as the local runtime's rich output: a MIME bundle, is_main_result."""
-    data = {mime: getattr(result, key) for key, mime in RESULT_MIME_TYPES.items() if getattr(result, key, None)}
-    for mime, value in (getattr(result, "extra", None) or {}).items():
-        data.setdefault(mime, value)
-    return {"data": data, "metadata": {}, "is_main_result": bool(result.is_main_result)}
+    url = urlsplit(os.environ.get("E2B_API_URL") or "")
+    return (
+        f"{url.scheme}://{url.hostname}{f':{url.port}' if url.port else ''}"
+        if url.hostname
+        else (f"api.{os.environ.get('E2B_DOMAIN') or 'e2b.app'}")
+    )
 
 
 class E2BProvider(Provider):
@@ -132,7 +113,7 @@ class E2BProvider(Provider):
             raise
         except e2b.NotFoundException as exc:
             if not_found is None:
-                raise SandboxError(f"E2B could not {doing}: {_first_line(exc)}") from None
+                raise SandboxError(f"E2B could not {doing}: {first_line(exc)}") from None
             raise not_found from None
         except e2b.AuthenticationException:
             raise ProviderUnavailable(
@@ -141,22 +122,22 @@ class E2BProvider(Provider):
             ) from None
         except e2b.RateLimitException as exc:
             raise QuotaExceeded(
-                f"E2B refused to {doing}: {_first_line(exc)} (the team's rate limit or concurrent-sandbox quota): "
+                f"E2B refused to {doing}: {first_line(exc)} (the team's rate limit or concurrent-sandbox quota): "
                 "stop a sandbox or wait, then try again"
             ) from None
         except e2b.ServiceBusyException:
             raise ProviderUnavailable(f"E2B is busy and could not {doing}: try again shortly") from None
         except (e2b.SandboxNotRunningException, e2b.SandboxUnreachableException) as exc:
-            raise AgentUnreachable(f"the sandbox is no longer running on E2B ({_first_line(exc)})") from None
+            raise AgentUnreachable(f"the sandbox is no longer running on E2B ({first_line(exc)})") from None
         except httpx.TimeoutException:
             raise ProviderUnavailable(
                 f"E2B did not answer in time when asked to {doing}: check the network "
                 "(and https://status.e2b.dev), then try again"
             ) from None
         except httpx.TransportError as exc:
-            where = os.environ.get("E2B_API_URL") or f"api.{os.environ.get('E2B_DOMAIN') or 'e2b.app'}"
+            where = _where()
             raise ProviderUnavailable(
-                f"cannot reach E2B ({where}) to {doing}: {_first_line(exc)}; check the network or E2B_DOMAIN"
+                f"cannot reach E2B ({where}) to {doing}: {first_line(exc)}; check the network or E2B_DOMAIN"
             ) from None
         except e2b.SandboxException as exc:
             status = getattr(exc, "status_code", None)
@@ -166,16 +147,18 @@ class E2BProvider(Provider):
                 ) from None
             if refused is not None and status in (403, 501):
                 raise refused from None
-            raise SandboxError(f"E2B could not {doing}: {_first_line(exc)}") from None
+            raise SandboxError(f"E2B could not {doing}: {first_line(exc)}") from None
+        except Exception as exc:  # the SDK's own (a Connect error, an odd body): still one line
+            raise SandboxError(f"E2B could not {doing}: {type(exc).__name__}: {first_line(exc)}") from None
 
     def _connect(self, state: dict):
         """The SDK's handle on a running sandbox: connected once per process, then reused."""
-        e2b_id = state["e2b_id"]
+        e2b_id, key = state["e2b_id"], self._api_key()
         with self._lock:
             sandbox = self._connected.get(e2b_id)
-        if sandbox is None:
+        if sandbox is None or sandbox.connection_config.api_key != key:  # new, or the key changed
             with self._errors("reach the sandbox", not_found=AgentUnreachable("the sandbox is no longer on E2B")):
-                sandbox = self._sdk().Sandbox.connect(e2b_id, api_key=self._api_key())
+                sandbox = self._sdk().Sandbox.connect(e2b_id, api_key=key)
             with self._lock:
                 self._connected[e2b_id] = sandbox
         return sandbox
@@ -192,16 +175,18 @@ class E2BProvider(Provider):
             return path.read_text().strip()
         except FileNotFoundError:
             pass
-        made = secrets.token_hex(8)
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        partial.write_text(made + "\n")
+        partial = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
         try:
-            os.link(partial, path)  # the first process to link wins; the others read its id
-        except FileExistsError:
-            pass
-        finally:
-            partial.unlink()
-        return path.read_text().strip()
+            partial.write_text(secrets.token_hex(8) + "\n")
+            try:
+                os.link(partial, path)  # the first to link wins; the others read its id
+            except FileExistsError:
+                pass
+            finally:
+                partial.unlink()
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ProviderUnavailable(f"cannot keep the E2B store id in {path}: {exc.strerror or exc}") from None
 
     # ---- lifecycle
     def create(self, spec: BoxSpec) -> dict:
@@ -216,7 +201,7 @@ class E2BProvider(Provider):
             "nexus_agent": spec.agent_id or "",
             "nexus_tenant": spec.tenant_id or "default",
         }
-        timeout = int(spec.idle_timeout_seconds)
+        timeout = min(int(spec.idle_timeout_seconds), E2B_MAX_TIMEOUT_SECONDS)
         with self._errors("create a sandbox", template=template):
             sandbox = e2b.Sandbox.create(
                 template=template,
@@ -273,6 +258,7 @@ class E2BProvider(Provider):
         return "paused" if str(getattr(info.state, "value", info.state)) == "paused" else "active"
 
     def box_ids(self) -> set[str]:
+        key = self._api_key()  # first: a reaping pass without a key does not pay the SDK's import
         e2b = self._sdk()
         query = e2b.SandboxQuery(
             metadata={"nexus_store": self._store_id()},
@@ -280,7 +266,7 @@ class E2BProvider(Provider):
         )
         found: dict[str, str] = {}
         with self._errors("list sandboxes"):
-            pages = e2b.Sandbox.list(query=query, limit=100, api_key=self._api_key())
+            pages = e2b.Sandbox.list(query=query, limit=100, api_key=key)
             while pages.has_next:
                 for listed in pages.next_items():
                     ours = (listed.metadata or {}).get("nexus_sandbox_id")
@@ -290,13 +276,18 @@ class E2BProvider(Provider):
         return set(found)
 
     def touch(self, sandbox_id: str, state: dict, idle_timeout_seconds: float) -> None:
+        """Push E2B's timeout to at least ``idle_timeout_seconds`` from now.  Through ``connect``,
+        whose timeout only ever extends: ``set_timeout`` would let a short run cut the time of
+        a long one under way in another process."""
+        seconds = max(1, min(int(idle_timeout_seconds), E2B_MAX_TIMEOUT_SECONDS))
         with self._errors("extend the sandbox's timeout"):
-            self._sdk().Sandbox.set_timeout(state["e2b_id"], int(idle_timeout_seconds), api_key=self._api_key())
+            self._sdk().Sandbox.connect(state["e2b_id"], timeout=seconds, api_key=self._api_key())
 
     @contextmanager
     def _timeout_pushed(self, state: dict, run_seconds: float):
-        """E2B's timeout is pushed past the run and the idle time after it, alongside the
-        run (one round trip hidden behind the code's own); a failure is the run's to report."""
+        """E2B's timeout is pushed past the run (or transfer) and the idle time after it,
+        alongside it (one round trip hidden behind the code's own); a failure is the run's
+        to report."""
         seconds = int(state.get("idle_timeout") or 0) + int(run_seconds) + 1
 
         def push():
@@ -327,92 +318,20 @@ class E2BProvider(Provider):
         on_stderr: OutputCallback | None = None,
         cancel: Cancel | None = None,
     ) -> dict:
-        e2b = self._sdk()
         sandbox = self._connect(state)
-        streams = {"stdout": CappedStream("stdout", max_output_chars, on_stdout),
-                   "stderr": CappedStream("stderr", max_output_chars, on_stderr)}  # fmt: skip
-        outcome = {"exit_code": 0, "timed_out": False, "oom_killed": False}
-        started = time.monotonic()
         with self._timeout_pushed(state, timeout), self._errors("run the code"):
-            command, script = self._command(language, code)
-            if script is not None:
-                sandbox.files.write(script, code)
-            handle = sandbox.commands.run(
-                command,
-                background=True,
-                envs=env or None,
-                timeout=timeout,  # envd kills the process at this deadline (connect-timeout-ms)
-                retain_output=False,  # kept (and capped) by our streams instead
+            return run_command(
+                self._sdk(),
+                sandbox,
+                language,
+                code,
+                timeout=timeout,
+                max_output_chars=max_output_chars,
+                env=env,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                cancel=cancel,
             )
-            if cancel is not None:
-                cancel.on_cancel(lambda: self._kill_quietly(sandbox, handle.pid))
-            try:
-                outcome["exit_code"] = self._wait(handle, streams).exit_code
-            except e2b.CommandExitException as exc:
-                outcome["exit_code"] = exc.exit_code
-            except e2b.TimeoutException as exc:
-                if isinstance(exc, e2b.SandboxNotRunningException):
-                    raise
-                outcome["timed_out"] = True
-                outcome["exit_code"] = 124
-                self._kill_quietly(sandbox, handle.pid)
-            except BaseException:  # an interrupted caller (Ctrl-C, a notebook's stop button)
-                self._kill_quietly(sandbox, handle.pid)  # envd keeps a process its client left
-                raise
-            if cancel is not None and cancel.cancelled:
-                raise AgentUnreachable("the run was cancelled")
-        for stream in streams.values():
-            stream.close()
-        outcome.update(
-            stdout=streams["stdout"].text(),
-            stderr=streams["stderr"].text(),
-            execution_time=round(time.monotonic() - started, 6),
-        )
-        return outcome
-
-    @staticmethod
-    def _wait(handle, streams: dict):
-        """The command's result.  The SDK waits in native code, where a signal cannot reach
-        Python, so it waits in a thread and this one stays interruptible (Ctrl-C, a kernel's
-        interrupt)."""
-        done = threading.Event()
-        ended: dict = {}
-
-        def wait():
-            try:
-                ended["result"] = handle.wait(on_stdout=streams["stdout"].add, on_stderr=streams["stderr"].add)
-            except BaseException as exc:
-                ended["error"] = exc
-            finally:
-                done.set()
-
-        threading.Thread(target=wait, name="e2b-command", daemon=True).start()
-        while not done.wait(0.1):
-            pass
-        if "error" in ended:
-            raise ended["error"]
-        return ended["result"]
-
-    @staticmethod
-    def _command(language: str, code: str) -> tuple[str, str | None]:
-        """The shell command that runs ``code`` in a fresh process, and the file to write the
-        code to first (None when it fits on the command line)."""
-        program = COMMANDS[language]
-        if len(code.encode("utf-8")) <= INLINE_CODE_BYTES:
-            if program is None:
-                return code, None
-            flag = "-c" if language == "python" else "-e"
-            return f"{program} {flag} {shlex.quote(code)}", None
-        script = f"/tmp/.nexus-run-{secrets.token_hex(6)}{SUFFIXES[language]}"
-        runner = f"{program or 'bash'} {script}"
-        return f"{runner}; status=$?; rm -f {script}; exit $status", script
-
-    @staticmethod
-    def _kill_quietly(sandbox, pid: int) -> None:
-        try:
-            sandbox.commands.kill(pid)
-        except Exception:
-            pass  # it ended by itself, or the sandbox did: nothing left to kill
 
     def execute(
         self,
@@ -429,59 +348,25 @@ class E2BProvider(Provider):
         execution_count: int | None = None,
         cancel: Cancel | None = None,
     ) -> dict:
-        e2b = self._sdk()
+        # E2B's kernel names and numbers its cells itself: no file name, no count of ours.
         sandbox = self._connect(state)
-        streams = {"stdout": CappedStream("stdout", max_output_chars, on_stdout),
-                   "stderr": CappedStream("stderr", max_output_chars, on_stderr)}  # fmt: skip
-        results: list[dict] = []
-        outcome = {"exit_code": 0, "timed_out": False, "oom_killed": False, "error": None}
-
-        def result_arrived(result) -> None:
-            bundle = result_bundle(result)
-            results.append(bundle)
-            if on_result is not None:
-                on_result(bundle)
-
-        started = time.monotonic()
         with self._timeout_pushed(state, timeout), self._errors("run the code"):
-            try:
-                execution = sandbox.run_code(
-                    code,
-                    # The client hanging up at the deadline makes the template's server
-                    # interrupt the cell (its state stays), as our own runtime does.
-                    timeout=timeout / RUN_CODE_DEADLINE_FACTOR,
-                    on_stdout=lambda message: streams["stdout"].add(message.line),
-                    on_stderr=lambda message: streams["stderr"].add(message.line),
-                    on_result=result_arrived,
-                )
-            except e2b.TimeoutException as exc:
-                if "Execution timed out" not in str(
-                    exc
-                ):  # the sandbox is gone, or the request (not the code) timed out
-                    raise AgentUnreachable(f"the sandbox did not answer: {_first_line(exc)}") from None
-                outcome.update(timed_out=True, exit_code=124)
-                execution = None
-        if execution is not None and execution.error is not None:
-            error = execution.error
-            traceback = error.traceback.splitlines() if error.traceback else [f"{error.name}: {error.value}"]
-            outcome["error"] = {"name": error.name, "value": error.value, "traceback": traceback}
-            outcome["exit_code"] = 1
-            # The local runtime shows the traceback on stderr too; so does this one.
-            streams["stderr"].add("\n".join(traceback) + "\n")
-        for stream in streams.values():
-            stream.close()
-        outcome.update(
-            stdout=streams["stdout"].text(),
-            stderr=streams["stderr"].text(),
-            results=results,
-            execution_time=round(time.monotonic() - started, 6),
-        )
-        return outcome
+            return run_cell(
+                self._sdk(),
+                sandbox,
+                code,
+                timeout=timeout,
+                max_output_chars=max_output_chars,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                on_result=on_result,
+            )
 
     # ---- files
     @staticmethod
     def _path(path: str) -> str:
-        return path if path.startswith("/") else f"{HOME}/{path}".rstrip("/").replace("/./", "/")
+        """A path in the sandbox: relative ones are under the home, as in every provider."""
+        return posixpath.normpath(posixpath.join(HOME, path))
 
     def write_file(self, sandbox_id: str, state: dict, path: str, source) -> dict:
         sandbox = self._connect(state)
@@ -497,15 +382,19 @@ class E2BProvider(Provider):
                 size += len(block)
                 yield block
 
-        with self._errors(f"write {path}"):
+        with self._timeout_pushed(state, FILE_SECONDS), self._errors(f"write {path}"):
             written = sandbox.files.write(self._path(path), counted())
         return {"path": written.path, "size": size}
 
     def read_file_chunks(self, sandbox_id: str, state: dict, path: str, max_bytes: int) -> Iterator[bytes]:
         sandbox = self._connect(state)
         received = 0
-        with self._errors(f"read {path}", not_found=PathNotFound(f"no such file or directory: {path}")):
-            for chunk in sandbox.files.read(self._path(path), format="stream"):
+        with (
+            self._timeout_pushed(state, FILE_SECONDS),
+            self._errors(f"read {path}", not_found=PathNotFound(f"no such file or directory: {path}")),
+            sandbox.files.read(self._path(path), format="stream") as reader,  # closed however we leave
+        ):
+            for chunk in reader:
                 received += len(chunk)
                 if received > max_bytes:
                     raise SandboxError(f"the file is over the {max_bytes}-byte transfer limit")
@@ -514,7 +403,10 @@ class E2BProvider(Provider):
     def list_files(self, sandbox_id: str, state: dict, path: str) -> dict:
         sandbox = self._connect(state)
         target = self._path(path)
-        with self._errors(f"list {path}", not_found=PathNotFound(f"no such file or directory: {path}")):
+        with (
+            self._timeout_pushed(state, 0),
+            self._errors(f"list {path}", not_found=PathNotFound(f"no such file or directory: {path}")),
+        ):
             entries = sandbox.files.list(target, depth=1)
         return {
             "path": target,
@@ -523,7 +415,9 @@ class E2BProvider(Provider):
                     {
                         "name": entry.name,
                         "path": entry.path,
-                        "type": "symlink" if entry.symlink_target else FILE_TYPES.get(entry.type.value, "file"),
+                        "type": "symlink"
+                        if entry.symlink_target
+                        else FILE_TYPES.get(getattr(entry.type, "value", None), "file"),
                         "size": entry.size,
                         "modified": entry.modified_time.timestamp(),
                     }

@@ -22,6 +22,7 @@ from nexus_jupyter.providers.local import LocalProvider
 ENVD_VERSION = "0.6.4"  # the newest the pinned SDK gates features on (PROTOCOL.md, pitfall 7)
 TEMPLATES = {"code-interpreter-v1": "code-interpreter-v1", "base": "base"}
 DEFAULT_TIMEOUT_SECONDS = 300  # E2B's, when a create sends none
+MAX_TIMEOUT_SECONDS = 24 * 3600  # E2B's Pro plan (Hobby: 1 h)
 BOX_MEMORY_MB = 512  # each local box; E2B's smallest sandbox has 512 MiB too
 EXPIRY_TICK_SECONDS = 0.2
 # The local box's own idle clock ends it this long after E2B's timeout would have,
@@ -142,6 +143,8 @@ class Cloud:
                     "'https://e2b.dev/docs/getting-help'",
                 )
         timeout = int(body.get("timeout") or DEFAULT_TIMEOUT_SECONDS)
+        if timeout > MAX_TIMEOUT_SECONDS:
+            raise CloudError(400, f"Timeout cannot be greater than {MAX_TIMEOUT_SECONDS // 3600} hours")
         sandbox = CloudSandbox(
             team,
             template,
@@ -176,6 +179,8 @@ class Cloud:
         self.provider.destroy(sandbox.sandbox_id, sandbox.box_state)
 
     def set_timeout(self, sandbox: CloudSandbox, seconds: int) -> None:
+        if seconds > MAX_TIMEOUT_SECONDS:
+            raise CloudError(400, f"Timeout cannot be greater than {MAX_TIMEOUT_SECONDS // 3600} hours")
         sandbox.end_at = time.time() + seconds
         if sandbox.state == "running":
             self.provider.touch(sandbox.sandbox_id, sandbox.box_state, seconds + BOX_GRACE_SECONDS)
@@ -193,6 +198,8 @@ class Cloud:
 
     def connect(self, sandbox: CloudSandbox, timeout: int | None) -> bool:
         """Resume a paused sandbox (True) or attach to a running one (False); a timeout only extends."""
+        if timeout and timeout > MAX_TIMEOUT_SECONDS:
+            raise CloudError(400, f"Timeout cannot be greater than {MAX_TIMEOUT_SECONDS // 3600} hours")
         with sandbox.lock:
             resumed = sandbox.state == "paused"
             if resumed:
