@@ -9,5 +9,8 @@ cd "$(dirname "$0")"
 scripts/ensure-docker.sh
 scripts/ensure-browser.sh
 PYTHON=${PYTHON:-python3}
+# The JupyterLab extension's own checks: its TypeScript linted and formatted, its logic unit-tested
+# (jest). The build hook of `pip install -e .` (setup.sh) installed its node_modules.
+(cd labextension && jlpm install --silent && jlpm lint && jlpm test --silent)
 export NEXUS_TEST_PROVIDERS=${NEXUS_TEST_PROVIDERS:-local,docker}
 exec "$PYTHON" -m pytest -q -p no:cacheprovider "$@"

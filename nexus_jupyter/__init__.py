@@ -1,5 +1,6 @@
 """nexus-jupyter: secure, disposable code sandboxes for AI agents and data scientists."""
 
+from ._version import __version__  # written by the build from labextension/package.json
 from .errors import (
     InvalidArgument,
     PermissionDenied,
@@ -14,7 +15,6 @@ from .errors import (
 )
 from .manager import SandboxManager
 
-__version__ = "0.1.0"
 __all__ = [
     "InvalidArgument",
     "PermissionDenied",
