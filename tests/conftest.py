@@ -228,3 +228,71 @@ def processes_of_uid(uid: int) -> list[int]:
         if fields and not fields["State"].startswith("Z") and int(fields["Uid"].split()[0]) == uid:
             found.append(int(entry))
     return found
+
+
+# ---- JupyterLab in a real browser (test_panel_browser.py, test_sidebar_browser.py)
+
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_TESTS = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium (apt-get install chromium)"),
+    pytest.mark.skipif(shutil.which("jupyter-lab") is None, reason="needs JupyterLab (pip install jupyterlab)"),
+]
+
+
+def start_lab(root: Path, env: dict, *args: str) -> tuple[subprocess.Popen, str, str]:
+    """``jupyter lab`` on a free loopback port serving ``root``; (process, url, token) once it answers."""
+    import secrets
+    import socket
+    import time
+
+    from jupyter_servers import free_port
+
+    port, token = free_port(), secrets.token_hex(16)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
+         "--ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--notebook-dir={root}",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", *args],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    return server, f"http://127.0.0.1:{port}", token
+
+
+PANEL_CELL = "import nexus_jupyter\npanel = nexus_jupyter.panel(refresh_seconds=1)\npanel"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab on loopback with a notebook that shows the panel; its sandboxes in a fresh data dir."""
+    root = tmp_path_factory.mktemp("lab")
+    data_dir = root / "data"
+    notebook = {
+        "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": PANEL_CELL}],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (root / "panel.ipynb").write_text(json.dumps(notebook))
+    server, url, token = start_lab(root, {"NEXUS_DATA_DIR": str(data_dir), "NEXUS_SANDBOX_PROVIDER": "local"})
+    yield url, token, data_dir
+    server.terminate()
+    server.wait(30)
+    destroy_everything_in(data_dir)  # the warm pool the kernel kept too (on, as for a user)
+
+
+@pytest.fixture
+def page(lab, request, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        opened = browser.new_page(viewport={"width": 1400, "height": 900})
+        yield opened
+        if os.environ.get("NEXUS_TEST_SCREENSHOTS"):
+            opened.screenshot(path=os.path.join(os.environ["NEXUS_TEST_SCREENSHOTS"], request.node.name + ".png"))
+        browser.close()

@@ -7,79 +7,12 @@ the tab, stop a sandbox from it.  Needs /usr/bin/chromium and the
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import shutil
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import pytest
-
-from conftest import destroy_everything_in
+from conftest import BROWSER_TESTS
 from nexus_jupyter import SandboxManager
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium (apt-get install chromium)"),
-    pytest.mark.skipif(shutil.which("jupyter-lab") is None, reason="needs JupyterLab (pip install jupyterlab)"),
-]
-
-PANEL_CELL = "import nexus_jupyter\npanel = nexus_jupyter.panel(refresh_seconds=1)\npanel"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """JupyterLab on loopback with a notebook that shows the panel; its sandboxes in a fresh data dir."""
-    root = tmp_path_factory.mktemp("lab")
-    data_dir = root / "data"
-    notebook = {
-        "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": PANEL_CELL}],
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    (root / "panel.ipynb").write_text(json.dumps(notebook))
-    port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, "NEXUS_DATA_DIR": str(data_dir), "NEXUS_SANDBOX_PROVIDER": "local"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
-         "--ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--notebook-dir={root}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}", token, data_dir
-    server.terminate()
-    server.wait(30)
-    destroy_everything_in(data_dir)  # the warm pool the kernel kept too (on, as for a user)
-
-
-@pytest.fixture
-def page(lab, request, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        opened = browser.new_page(viewport={"width": 1400, "height": 900})
-        yield opened
-        if os.environ.get("NEXUS_TEST_SCREENSHOTS"):
-            opened.screenshot(path=os.path.join(os.environ["NEXUS_TEST_SCREENSHOTS"], request.node.name + ".png"))
-        browser.close()
+pytestmark = BROWSER_TESTS
 
 
 def open_panel(page, lab) -> None:

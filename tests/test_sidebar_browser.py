@@ -11,8 +11,10 @@ import time
 
 import pytest
 
+from conftest import BROWSER_TESTS, start_lab
 from nexus_jupyter import SandboxManager
-from test_panel_browser import CHROMIUM, lab, page, pytestmark  # noqa: F401  (the same JupyterLab and browser)
+
+pytestmark = BROWSER_TESTS
 
 SIDEBAR = "#nexus-sandboxes"
 
@@ -93,3 +95,45 @@ def test_new_sandbox_makes_one_from_its_dialog(page, lab):
     [made] = [s for s in nx.sandbox_list()["sandboxes"] if s["name"] == "from-the-dialog"]
     assert made["ttl_minutes"] == 7 and made["status"] == "active"
     nx.sandbox_stop(made["sandbox_id"])
+
+
+def test_a_sandboxs_console_streams_the_output_of_its_runs(page, lab):
+    _, _, data_dir = lab
+    nx = SandboxManager(data_dir)
+    sandbox = nx.sandbox_create("with-a-console")["sandbox_id"]
+    nx.sandbox_run(sandbox, "python", "kept = 41")
+    sidebar = open_sidebar(page, lab)
+    item = row(sidebar, sandbox)
+    item.get_by_role("button", name="Console").click()
+    item.locator("textarea").fill("print('first', flush=True)\nimport time\ntime.sleep(2)\nprint(kept + 1)")
+    item.get_by_role("button", name="Run").click()
+    output = item.locator(".jp-NexusSandboxes-output")
+    output.get_by_text("first").wait_for(timeout=30_000)
+    assert "42" not in output.inner_text()  # streamed: the first line before the run ended
+    output.get_by_text("[exit code 0]").wait_for(timeout=30_000)
+    assert output.inner_text().splitlines()[:2] == ["first", "42"]  # the sandbox's own Python state
+    item.locator("select").select_option("bash")
+    item.locator("textarea").fill("echo oops >&2; exit 3")
+    item.get_by_role("button", name="Run").click()
+    output.get_by_text("[exit code 3]").wait_for(timeout=30_000)
+    assert item.locator(".jp-NexusSandboxes-output .jp-mod-stderr", has_text="oops").count() == 1
+    nx.sandbox_stop(sandbox)
+
+
+@pytest.fixture(scope="module")
+def lab_without_the_server_extension(tmp_path_factory):
+    """JupyterLab with the nexus_jupyter server extension turned off (the lab extension still loads)."""
+    root = tmp_path_factory.mktemp("lab-off")
+    flag = "--ServerApp.jpserver_extensions=nexus_jupyter=False"
+    server, url, token = start_lab(root, {"NEXUS_DATA_DIR": str(root / "data")}, flag)
+    yield url, token, root / "data"
+    server.terminate()
+    server.wait(30)
+
+
+def test_without_the_server_extension_the_sidebar_says_how_to_enable_it(page, lab_without_the_server_extension):
+    sidebar = open_sidebar(page, lab_without_the_server_extension)
+    message = sidebar.locator(".jp-NexusSandboxes-error")
+    message.wait_for(timeout=30_000)
+    assert "server extension is not enabled" in message.inner_text()
+    assert "jupyter server extension enable nexus_jupyter" in message.inner_text()

@@ -77,3 +77,47 @@ export interface ICreateRequest {
 export function createSandbox(request: ICreateRequest): Promise<ISandbox> {
   return requestAPI<ISandbox>('sandboxes', { method: 'POST', body: JSON.stringify(request) });
 }
+
+/** One line of `POST sandboxes/{id}/run` (NDJSON; RunEvent in openapi.json). */
+export interface IRunEvent {
+  type: 'start' | 'stdout' | 'stderr' | 'result' | 'error' | 'end' | 'failed';
+  text?: string;
+  data?: Record<string, unknown>;
+  name?: string;
+  value?: string;
+  message?: string;
+  timed_out?: boolean;
+  result?: { exit_code: number; execution_time: number };
+}
+
+/** Run code in a sandbox, passing each event to ``onEvent`` as it arrives (the output streams). */
+export async function runCode(
+  sandboxId: string,
+  request: { code: string; language: string; timeout?: number },
+  onEvent: (event: IRunEvent) => void
+): Promise<void> {
+  const settings = ServerConnection.makeSettings();
+  const url = URLExt.join(settings.baseUrl, 'nexus', 'api', 'sandboxes', encodeURIComponent(sandboxId), 'run');
+  const response = await ServerConnection.makeRequest(url, { method: 'POST', body: JSON.stringify(request) }, settings);
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    throw new ApiError(body?.message ?? `${response.status} ${response.statusText}`, response.status);
+  }
+  const reader = response.body!.getReader();
+  const decoder = new TextDecoder();
+  let pending = '';
+  for (;;) {
+    const { done, value } = await reader.read();
+    pending += decoder.decode(value ?? new Uint8Array(), { stream: !done });
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    for (const line of lines) {
+      if (line.trim()) {
+        onEvent(JSON.parse(line) as IRunEvent);
+      }
+    }
+    if (done) {
+      return;
+    }
+  }
+}

@@ -11,6 +11,7 @@ import { Message } from '@lumino/messaging';
 import * as React from 'react';
 
 import { ApiError, listSandboxes, sandboxAction } from './api';
+import { SandboxConsole } from './console';
 import { actionsFor, ISandbox, timeLeft, uptime } from './model';
 
 export interface IPanelOptions {
@@ -97,6 +98,13 @@ export class SandboxesPanel extends ReactWidget {
       this._busy.delete(sandboxId);
     }
     await this.refresh().catch(() => undefined);
+  }
+
+  toggleConsole(sandboxId: string): void {
+    if (!this._consoles.delete(sandboxId)) {
+      this._consoles.add(sandboxId);
+    }
+    this.update();
   }
 
   setShowStopped(show: boolean): void {
@@ -187,7 +195,22 @@ export class SandboxesPanel extends ReactWidget {
                         {action[0].toUpperCase() + action.slice(1)}
                       </button>
                     ))}
+                    <button
+                      className="jp-mod-styled jp-NexusSandboxes-consoleToggle"
+                      disabled={!allowed.run && !this._consoles.has(sandbox.sandbox_id)}
+                      onClick={() => this.toggleConsole(sandbox.sandbox_id)}
+                    >
+                      Console
+                    </button>
+                    <button
+                      className="jp-mod-styled jp-NexusSandboxes-copy"
+                      title="Copy the sandbox id"
+                      onClick={() => void navigator.clipboard?.writeText(sandbox.sandbox_id)}
+                    >
+                      Copy id
+                    </button>
                   </div>
+                  {this._consoles.has(sandbox.sandbox_id) && <SandboxConsole sandboxId={sandbox.sandbox_id} />}
                 </li>
               );
             })}
@@ -203,6 +226,7 @@ export class SandboxesPanel extends ReactWidget {
   private _readAt = 0;
   private _error = '';
   private _busy = new Set<string>();
+  private _consoles = new Set<string>(); // sandboxes whose console is open
   private _ticker = 0;
   private _changed = new Signal<this, void>(this);
 }
