@@ -20,45 +20,45 @@ export class ApiError extends Error {
 
 export const ENABLE_COMMAND = 'jupyter server extension enable nexus_jupyter';
 
-export async function requestAPI<T>(path: string, init: RequestInit = {}): Promise<T> {
+/** The API's URL for ``path`` on this server (its base_url), and the settings to reach it. */
+function apiUrl(path: string): { url: string; settings: ServerConnection.ISettings } {
   const settings = ServerConnection.makeSettings();
-  const url = URLExt.join(settings.baseUrl, 'nexus', 'api', path);
+  return { url: URLExt.join(settings.baseUrl, 'nexus', 'api', path), settings };
+}
+
+/** The error an unsuccessful answer stands for (its JSON body read as far as it goes). */
+function answerError(response: Response, body: any): ApiError {
+  if (response.status === 404 && (body === null || body.message === undefined)) {
+    // Jupyter's own 404 page: the route is not there at all.
+    return new ApiError(
+      `the nexus_jupyter server extension is not enabled on this server: run \`${ENABLE_COMMAND}\` and restart it`,
+      404
+    );
+  }
+  return new ApiError(body?.message ?? `${response.status} ${response.statusText}`, response.status);
+}
+
+async function send(path: string, init: RequestInit): Promise<Response> {
+  const { url, settings } = apiUrl(path);
   let response: Response;
   try {
     response = await ServerConnection.makeRequest(url, init, settings);
   } catch (error) {
     throw new ApiError(`cannot reach the Jupyter server: ${error}`, 0);
   }
-  const text = await response.text();
-  let body: any = null;
-  try {
-    body = text ? JSON.parse(text) : null;
-  } catch {
-    body = null;
-  }
   if (!response.ok) {
-    if (response.status === 404 && (body === null || body.message === undefined)) {
-      // Jupyter's own 404 page: the route is not there at all.
-      throw new ApiError(
-        `the nexus_jupyter server extension is not enabled on this server: run \`${ENABLE_COMMAND}\` and restart it`,
-        404
-      );
-    }
-    throw new ApiError(body?.message ?? `${response.status} ${response.statusText}`, response.status);
+    throw answerError(response, await response.json().catch(() => null));
   }
-  return body as T;
+  return response;
 }
 
-export async function listSandboxes(includeStopped: boolean, allUsers: boolean): Promise<ISandbox[]> {
-  const query = new URLSearchParams();
-  if (includeStopped) {
-    query.set('all', '1');
-  }
-  if (allUsers) {
-    query.set('user', '*');
-  }
-  const suffix = query.toString() ? `?${query}` : '';
-  const answer = await requestAPI<{ sandboxes: ISandbox[] }>(`sandboxes${suffix}`);
+export async function requestAPI<T>(path: string, init: RequestInit = {}): Promise<T> {
+  const text = await (await send(path, init)).text();
+  return (text ? JSON.parse(text) : null) as T;
+}
+
+export async function listSandboxes(includeStopped: boolean): Promise<ISandbox[]> {
+  const answer = await requestAPI<{ sandboxes: ISandbox[] }>(`sandboxes${includeStopped ? '?all=1' : ''}`);
   return answer.sandboxes;
 }
 
@@ -96,13 +96,10 @@ export async function runCode(
   request: { code: string; language: string; timeout?: number },
   onEvent: (event: IRunEvent) => void
 ): Promise<void> {
-  const settings = ServerConnection.makeSettings();
-  const url = URLExt.join(settings.baseUrl, 'nexus', 'api', 'sandboxes', encodeURIComponent(sandboxId), 'run');
-  const response = await ServerConnection.makeRequest(url, { method: 'POST', body: JSON.stringify(request) }, settings);
-  if (!response.ok) {
-    const body = await response.json().catch(() => null);
-    throw new ApiError(body?.message ?? `${response.status} ${response.statusText}`, response.status);
-  }
+  const response = await send(`sandboxes/${encodeURIComponent(sandboxId)}/run`, {
+    method: 'POST',
+    body: JSON.stringify(request)
+  });
   const reader = response.body!.getReader();
   const decoder = new TextDecoder();
   let pending = '';

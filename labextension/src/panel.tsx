@@ -62,7 +62,7 @@ export class SandboxesPanel extends ReactWidget {
   /** Read the list now (also what the Poll calls). */
   async refresh(): Promise<void> {
     try {
-      this._sandboxes = await listSandboxes(this._options.showStopped, false);
+      this._sandboxes = await listSandboxes(this._options.showStopped);
       this._readAt = Date.now();
       this._error = '';
     } catch (error) {

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from nexus_jupyter.providers.base import private_dir
+
 from .app import DoubleApp
-from .cloud import Cloud, private_dir
+from .cloud import Cloud
 
 
 class QuietHandler(WSGIRequestHandler):

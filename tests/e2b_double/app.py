@@ -21,9 +21,8 @@ from nexus_jupyter.errors import PathNotFound, SandboxError
 from nexus_jupyter.providers.base import Cancel
 
 from .cloud import Cloud, CloudError, CloudSandbox, Team
-from .envd import MAX_OUTPUT_CHARS, envd_apps
+from .envd import FOREVER_SECONDS, MAX_OUTPUT_CHARS, envd_apps
 
-FOREVER_SECONDS = 24 * 3600.0
 KEEPALIVE_SECONDS = 5.0  # the code interpreter's KEEPALIVE_INTERVAL
 # The code interpreter's result keys for the MIME types it knows; others go under "extra".
 RESULT_KEYS = {

@@ -9,7 +9,6 @@ here in memory, as the control plane keeps it in its database.
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
@@ -109,7 +108,6 @@ class Cloud:
         self.max_sandboxes_per_team = max_sandboxes_per_team
         self.sandboxes: dict[str, CloudSandbox] = {}
         self.lock = threading.Lock()
-        self.requests: list[tuple[str, str]] = []  # (method, path) of control-plane calls, for tests
         self._stopping = threading.Event()
         self._clock = threading.Thread(target=self._expire_loop, name="e2b-double-clock", daemon=True)
         self._clock.start()
@@ -262,9 +260,3 @@ class Cloud:
             except Exception as exc:
                 print(f"e2b double: could not end {sandbox.sandbox_id}: {exc}", flush=True)
         self.provider.drain_pool()
-
-
-def private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
-    return path
