@@ -207,8 +207,8 @@ def _print_result(result: dict) -> None:
         click.echo(f"[{', '.join(sorted(data))} output]")
 
 
-def _table(records: list[dict], verify: bool) -> None:
-    headers = ["SANDBOX ID", "NAME", "STATUS", "PROVIDER", "UPTIME", "EXPIRES"]
+def _table(records: list[dict], verify: bool, users: bool = False) -> None:
+    headers = ["SANDBOX ID", "NAME", *(["USER"] if users else []), "STATUS", "PROVIDER", "UPTIME", "EXPIRES"]
     if verify:
         headers.append("VERIFIED")
     rows = [headers]
@@ -216,6 +216,7 @@ def _table(records: list[dict], verify: bool) -> None:
         row = [
             record["sandbox_id"],
             record["name"],
+            *([record["user_id"]] if users else []),
             record["status"],
             record["provider"],
             duration(record["uptime_seconds"]),
@@ -234,21 +235,24 @@ def _table(records: list[dict], verify: bool) -> None:
 @click.option("--tenant-id", "-t", help="Filter by tenant ID")
 @click.option("--verify", "-v", is_flag=True, help="Verify status with the provider (slower but accurate)")
 @click.option("--all", "include_stopped", is_flag=True, help="Include stopped sandboxes")
+@click.option("--all-users", is_flag=True, help="Every user's sandboxes (admin only)")
 @json_option
-def list_(user_id, agent_id, tenant_id, verify, include_stopped, as_json):
+def list_(user_id, agent_id, tenant_id, verify, include_stopped, all_users, as_json):
     """List sandboxes (the current user's live ones by default)."""
     context = {
         key: value
         for key, value in (("user", user_id), ("agent_id", agent_id), ("tenant_id", tenant_id))
         if value is not None
     }
+    if all_users:
+        context["all_users"] = True
     result = _manager().sandbox_list(context=context or None, verify_status=verify, include_stopped=include_stopped)
     if as_json:
         _print_json(result)
     elif not result["sandboxes"]:
         click.echo("No sandboxes." + ("" if include_stopped else " (--all includes stopped ones)"))
     else:
-        _table(result["sandboxes"], verify)
+        _table(result["sandboxes"], verify, users=all_users)
 
 
 def _lifecycle_command(verb: str, method: str, headline: str):

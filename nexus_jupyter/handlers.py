@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -61,6 +62,7 @@ CREATE_FIELDS = {
     "disk_mb": "disk_mb",
     "env": "env",
     "allow_internet": "allow_internet_access",
+    "notebook": "notebook",
 }
 RUN_FIELDS = ("language", "code", "timeout", "fresh", "env", "filename", "execution_count")
 # (error class, HTTP status): the first that matches wins, so subclasses come first.
@@ -129,6 +131,18 @@ class NexusHandler(ExtensionHandlerMixin, APIHandler):
             raise web.HTTPError(400, f"{name} must be 1 or 0, not {value!r}")
         return value in ("1", "true", "yes")
 
+    def record(self, record) -> dict:
+        """A sandbox's record; why it stopped (``stop_reason``); the notebook that made it as a
+        path under this server's root (``notebook_path``, as Lab names files) when it is there."""
+        data = record.to_dict()
+        if record.stop_reason:
+            data["stop_reason"] = record.stop_reason
+        if record.notebook:
+            root = os.path.join(self.serverapp.root_dir, "")
+            if record.notebook.startswith(root):
+                data["notebook_path"] = record.notebook[len(root) :].replace(os.sep, "/")
+        return data
+
     def reply(self, data, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -153,16 +167,21 @@ class SandboxesHandler(NexusHandler):
     async def get(self):
         context = {
             key: self.get_query_argument(key)
-            for key in ("user", "agent_id", "tenant_id", "name")
+            for key in ("user", "agent_id", "tenant_id", "name", "notebook")
             if self.get_query_argument(key, None)
         }
+        if self.get_query_argument("notebook_path", None):  # as Lab names it: under the server's root
+            relative = self.get_query_argument("notebook_path").lstrip("/")
+            context["notebook"] = os.path.join(self.serverapp.root_dir, *relative.split("/"))
+        if self.flag("all_users"):
+            context["all_users"] = True
         records = await self.call(
             self.app.service.list_sandboxes,
             context,
             verify_status=self.flag("verify"),
             include_stopped=self.flag("all"),
         )
-        self.reply({"sandboxes": [record.to_dict() for record in records]})
+        self.reply({"sandboxes": [self.record(record) for record in records]})
 
     @web.authenticated
     @authorized
@@ -175,7 +194,7 @@ class SandboxesHandler(NexusHandler):
             raise web.HTTPError(400, "allow_internet must be true or false")
         record = await self.call(self.app.service.create, body["name"], **options)
         self.set_header("Location", self.app.api_url("sandboxes", record.sandbox_id))
-        self.reply(record.to_dict(), status=201)
+        self.reply(self.record(record), status=201)
 
 
 class SandboxHandler(NexusHandler):
@@ -184,7 +203,7 @@ class SandboxHandler(NexusHandler):
     @web.authenticated
     @authorized
     async def get(self, sandbox_id):
-        self.reply((await self.call(self.app.service.status, sandbox_id)).to_dict())
+        self.reply(self.record(await self.call(self.app.service.status, sandbox_id)))
 
 
 class ActionHandler(NexusHandler):
@@ -197,7 +216,7 @@ class ActionHandler(NexusHandler):
         operation = {"pause": self.app.service.pause, "resume": self.app.service.resume}.get(
             action, self.app.service.stop
         )
-        self.reply((await self.call(operation, sandbox_id)).to_dict())
+        self.reply(self.record(await self.call(operation, sandbox_id)))
 
 
 class MetricsHandler(NexusHandler):

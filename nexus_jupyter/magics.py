@@ -183,9 +183,15 @@ class SandboxMagics(Magics):
             pass  # the first cell meets the same problem, and says it
 
     # ---- the notebook's own sandbox
+    @staticmethod
+    def _notebook_path() -> str | None:
+        # Jupyter server gives a kernel its notebook's path: it is recorded on the sandboxes the
+        # notebook makes, so Lab's toolbar item finds them.
+        return os.environ.get("JPY_SESSION_NAME") or None
+
     def _notebook_sandbox_name(self) -> str:
         # The notebook's path where the server gives it: a restarted kernel finds its sandbox again.
-        session = os.environ.get("JPY_SESSION_NAME")
+        session = self._notebook_path()
         return f"notebook:{session}" if session else f"kernel-{os.getpid()}"
 
     def _default_sandbox(self, ttl: int | None, provider: str | None, template: str | None) -> str:
@@ -211,6 +217,7 @@ class SandboxMagics(Magics):
                 ttl_minutes=ttl or self.default_ttl,
                 template_id=template or self.default_template,
                 provider=provider or self.default_provider,
+                notebook=self._notebook_path(),
             )
             self.current = record["sandbox_id"]
         return self.current
@@ -301,6 +308,7 @@ class SandboxMagics(Magics):
             ttl_minutes=args.ttl or self.default_ttl,
             template_id=args.template or self.default_template,
             provider=args.provider or self.default_provider,
+            notebook=self._notebook_path(),
         )
         self.current = record["sandbox_id"]
         print(

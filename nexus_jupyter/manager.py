@@ -107,6 +107,7 @@ class SandboxManager:
         max_processes: int = 256,
         disk_mb: int | None = None,
         env: dict | None = None,
+        notebook: str | None = None,
     ) -> dict:
         """Create a sandbox; returns its 15-field record (see ``SandboxService.create``)."""
         return self.service.create(
@@ -123,6 +124,7 @@ class SandboxManager:
             max_processes=max_processes,
             disk_mb=disk_mb,
             env=env,
+            notebook=notebook,
         ).to_dict()
 
     def sandbox_run(
@@ -183,7 +185,8 @@ class SandboxManager:
     ) -> dict:
         """``{"sandboxes": [records]}`` of the caller's sandboxes (all users' filtered ones for admins).
 
-        ``context`` may hold ``user`` (or ``user_id``), ``agent_id`` and ``tenant_id``.
+        ``context`` may hold ``user`` (or ``user_id``), ``agent_id``, ``tenant_id``, ``name``
+        and ``notebook``; ``{"all_users": True}`` lists every user's (admins only).
         With ``verify_status`` each record gains ``verified`` and ``provider_status``
         and rows whose box vanished are corrected.
         """

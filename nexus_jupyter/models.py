@@ -89,11 +89,13 @@ class Sandbox(_Model):
         "expires_at",
         "last_active_at",
         "name",
+        "notebook",
         "paused_at",
         "provider",
         "provider_status",
         "sandbox_id",
         "status",
+        "stop_reason",
         "stopped_at",
         "template_id",
         "tenant_id",
@@ -102,7 +104,7 @@ class Sandbox(_Model):
         "user_id",
         "verified",
     )
-    _defaults: ClassVar[dict] = {"verified": None, "provider_status": None}
+    _defaults: ClassVar[dict] = {"verified": None, "provider_status": None, "notebook": None, "stop_reason": None}
     sandbox_id: str
     name: str
     user_id: str
@@ -118,6 +120,11 @@ class Sandbox(_Model):
     ttl_minutes: int
     expires_at: float | None
     uptime_seconds: float
+    # The notebook whose ``%%sandbox`` cells made it (its path on the server), when one did.
+    notebook: str | None
+    # Why it stopped ("stopped", "expired", "vanished", "create failed: ..."): not in ``to_dict``
+    # (the seed's record has no such field); the REST API adds it.
+    stop_reason: str | None
     # With ``list --verify``: whether the provider confirmed the status, and what it sees.
     verified: bool | None
     provider_status: str | None
@@ -142,6 +149,8 @@ class Sandbox(_Model):
             ttl_minutes=row["ttl_minutes"],
             expires_at=row.get("expires_at"),
             uptime_seconds=round(max(end - row["created_at"], 0.0), 3),
+            notebook=row.get("notebook"),
+            stop_reason=row.get("stop_reason") if row["status"] in ("stopped", "failed") else None,
         )
 
     @classmethod
@@ -158,6 +167,7 @@ class Sandbox(_Model):
             },
             ttl_minutes=record["ttl_minutes"],
             uptime_seconds=record["uptime_seconds"],
+            notebook=record.get("notebook"),
             verified=record.get("verified"),
             provider_status=record.get("provider_status"),
         )
@@ -166,7 +176,8 @@ class Sandbox(_Model):
         return self._replace(verified=verified, provider_status=provider_status)
 
     def to_dict(self) -> dict:
-        """The seed's 15 fields, in its order, times in its format (17 once verified)."""
+        """The seed's 15 fields, in its order, times in its format; then ``notebook`` when a
+        notebook made it, and ``verified`` and ``provider_status`` once verified."""
         record = {
             "sandbox_id": self.sandbox_id,
             "name": self.name,
@@ -184,6 +195,8 @@ class Sandbox(_Model):
             "expires_at": iso(self.expires_at),
             "uptime_seconds": self.uptime_seconds,
         }
+        if self.notebook is not None:
+            record["notebook"] = self.notebook
         if self.verified is not None:
             record["verified"] = self.verified
             record["provider_status"] = self.provider_status

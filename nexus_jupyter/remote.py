@@ -163,7 +163,8 @@ class RemoteService:
     def create(self, caller, name: str, ttl_minutes: int | None = None, template_id: str | None = None, *,
                provider: str | None = None, agent_id: str | None = None, tenant_id: str | None = None,
                allow_internet_access: bool = False, memory_mb: int | None = None, cpus: float = 1.0,
-               max_processes: int = 256, disk_mb: int | None = None, env: dict | None = None) -> Sandbox:  # fmt: skip
+               max_processes: int = 256, disk_mb: int | None = None, env: dict | None = None,
+               notebook: str | None = None) -> Sandbox:  # fmt: skip
         fields = {
             "name": name,
             "ttl_minutes": ttl_minutes,
@@ -177,6 +178,7 @@ class RemoteService:
             "max_processes": max_processes,
             "disk_mb": disk_mb,
             "env": env,
+            "notebook": notebook,
         }
         body = {key: value for key, value in fields.items() if value is not None}
         return Sandbox.from_dict(self._json("POST", "/sandboxes", body))
@@ -245,7 +247,7 @@ class RemoteService:
         query = {"verify": int(bool(verify_status)), "all": int(bool(include_stopped))}
         for key, value in (context or {}).items():
             if value is not None:
-                query["user" if key == "user_id" else key] = value
+                query["user" if key == "user_id" else key] = int(value) if isinstance(value, bool) else value
         return [Sandbox.from_dict(r) for r in self._json("GET", "/sandboxes", query=query)["sandboxes"]]
 
     def metrics(self, caller, sandbox_id: str) -> Metrics:

@@ -185,6 +185,7 @@ class SandboxService:
         max_processes: int = 256,
         disk_mb: int | None = None,
         env: dict | None = None,
+        notebook: str | None = None,
     ) -> Sandbox:
         """Create a sandbox for the caller; returns its record.
 
@@ -194,7 +195,8 @@ class SandboxService:
         memory, so it defaults to 512 or half of ``memory_mb``, and may be at most
         ``memory_mb`` less 128.  Raises InvalidArgument for bad values (before
         anything is made) and ProviderUnavailable when the provider cannot run here
-        or the sandbox does not start.
+        or the sandbox does not start.  ``notebook`` is the path of the notebook whose
+        cells made it (the magics give it), so a notebook's toolbar can find its sandbox.
         """
         if not isinstance(name, str) or not name.strip():
             raise InvalidArgument("a sandbox name is required")
@@ -205,6 +207,8 @@ class SandboxService:
                             (tenant_id, "tenant_id")):  # fmt: skip
             if value is not None:
                 check_text(value, what, max_length=500)
+        if notebook is not None:
+            check_text(notebook, "notebook", max_length=4096)  # a path
         if ttl_minutes is None:
             ttl_minutes = self.settings.default_ttl
         ttl = whole_number(ttl_minutes, "ttl_minutes", 1, MAX_TTL_MINUTES)
@@ -257,6 +261,7 @@ class SandboxService:
                 "last_active_at": now,
                 "ttl_minutes": ttl,
                 "expires_at": now + ttl * 60,
+                "notebook": notebook,
                 "options": {
                     "allow_internet": spec.allow_internet,
                     "memory_mb": spec.memory_mb,
@@ -488,7 +493,8 @@ class SandboxService:
     ) -> list[Sandbox]:
         """The caller's sandboxes (all users' filtered ones for admins).
 
-        ``context`` may hold ``user`` (or ``user_id``), ``agent_id``, ``tenant_id`` and ``name``.
+        ``context`` may hold ``user`` (or ``user_id``), ``agent_id``, ``tenant_id``, ``name``
+        and ``notebook``; ``all_users`` (admins only) lists every user's.
         With ``verify_status`` each record gains ``verified`` and ``provider_status``
         and rows whose box vanished are corrected.
         """
@@ -496,9 +502,13 @@ class SandboxService:
         user = context.get("user") or context.get("user_id")
         if user is not None and user != caller.user_id and not caller.is_admin:
             raise PermissionDenied(f"only admins can list another user's sandboxes (you are {caller.user_id})")
+        every_user = bool(context.get("all_users")) and user is None
+        if every_user and not caller.is_admin:
+            raise PermissionDenied(f"only admins can list every user's sandboxes (you are {caller.user_id})")
         self._expire_for_read()
         rows = self.store.select(
-            user_id=user or caller.user_id,
+            user_id=None if every_user else user or caller.user_id,
+            notebook=context.get("notebook"),
             agent_id=context.get("agent_id"),
             tenant_id=context.get("tenant_id"),
             name=context.get("name"),

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the notebook a sandbox was made for
 BUSY_TIMEOUT_SECONDS = 30.0
 
 JSON_FIELDS = ("options", "provider_state")
@@ -62,11 +62,14 @@ def _migrate(conn: sqlite3.Connection) -> None:
             "options": str,
             "provider_state": str,
             "stop_reason": str,
+            "notebook": str,
         },
         pk="sandbox_id",
         not_null={"name", "user_id", "tenant_id", "provider", "status", "created_at", "ttl_minutes"},
         if_not_exists=True,
     )
+    if "notebook" not in sandboxes.columns_dict:  # a schema 1 store: its rows have none
+        sandboxes.add_column("notebook", str)
     sandboxes.create_index(["user_id", "status"], if_not_exists=True)
     sandboxes.create_index(["status", "expires_at"], if_not_exists=True)
     sandboxes.create_index(["name"], if_not_exists=True)
@@ -209,11 +212,13 @@ class Store:
         tenant_id: str | None = None,
         provider: str | None = None,
         name: str | None = None,
+        notebook: str | None = None,
         include_stopped: bool = False,
     ) -> list[dict]:
         clauses, params = [], []
         for column, value in (
             ("name", name),
+            ("notebook", notebook),
             ("user_id", user_id),
             ("agent_id", agent_id),
             ("tenant_id", tenant_id),

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
 import time
 from datetime import datetime, timezone
 
+import httpx
 import pytest
 from e2b_double import NO_PAUSE_KEY, E2BDouble
 from jupyter_servers import free_port
 
 from conftest import PROVIDERS
 from nexus_jupyter import SandboxError, SandboxManager, SandboxTimeout
+from nexus_jupyter.agent_client import MAX_RESULTS_BYTES
+from nexus_jupyter.errors import ProviderUnavailable
 
 pytestmark = pytest.mark.skipif("local" not in PROVIDERS, reason="the double runs its sandboxes on the local provider")
 SEED_PAUSE_MESSAGE = "E2B doesn't support pause/resume. Use stop to destroy the sandbox."
@@ -95,6 +99,53 @@ def test_a_refused_create_is_one_line_and_leaves_no_live_row(e2b, env, args, exp
     assert json.loads(nexus("sandbox", "list", "--json").stdout)["sandboxes"] == []
 
 
+def a_key(plan: str) -> str:
+    """A key of a team of its own on the double, whose prefix names how E2B treats it (e2b_double.cloud.Team)."""
+    return f"e2b_{plan}_{secrets.token_hex(16)}"
+
+
+def change_plan(e2b, key: str, *, pause: bool) -> None:
+    """The team of ``key`` moves to a plan with pause, or without (a knob of the double's own)."""
+    answer = httpx.post(f"{e2b.url}/_double/plan", json={"pause": pause}, headers={"X-API-KEY": key})
+    assert answer.status_code == 204, answer.text
+
+
+@pytest.mark.parametrize(
+    ("plan", "expected"),
+    [
+        ("busy", "Error: E2B is busy and could not create a sandbox: try again shortly"),
+        ("garbled", "Error: E2B could not create a sandbox: JSONDecodeError: "),  # the catch-all
+    ],
+    ids=["busy", "unreadable-answer"],
+)
+def test_a_failing_e2b_is_one_line_and_leaves_no_live_row(e2b, plan, expected):
+    created = nexus("sandbox", "create", "failed", env={"E2B_API_KEY": a_key(plan)})
+    assert one_line_error(created).startswith(expected)
+    assert json.loads(nexus("sandbox", "list", "--json").stdout)["sandboxes"] == []
+
+
+def test_an_e2b_that_stalls_is_one_line_saying_it_did_not_answer_in_time(e2b, nx, monkeypatch):
+    import e2b.connection_config
+
+    # The SDK's request timeout is 60 s (the provider keeps it); the double's slow team stalls 5 s.
+    monkeypatch.setattr(e2b.connection_config, "REQUEST_TIMEOUT", 1.0)
+    monkeypatch.setenv("E2B_API_KEY", a_key("slow"))
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable) as failed:
+        nx.sandbox_create("stalled")
+    assert time.monotonic() - started < 4.5  # the SDK's deadline (twice its timeout), not the stall
+    assert str(failed.value).startswith("E2B did not answer in time when asked to create a sandbox: ")
+    assert len(str(failed.value).splitlines()) == 1
+    assert nx.sandbox_list()["sandboxes"] == []
+
+
+def test_an_unwritable_store_id_is_one_line_and_leaves_no_live_row(e2b, data_dir):
+    (data_dir / "e2b-store-id").mkdir(parents=True)  # root writes through chmod: a directory in its place
+    created = nexus("sandbox", "create", "no-store-id")
+    assert one_line_error(created).startswith(f"Error: cannot keep the E2B store id in {data_dir / 'e2b-store-id'}: ")
+    assert json.loads(nexus("sandbox", "list", "--json").stdout)["sandboxes"] == []
+
+
 def test_an_unreachable_e2b_is_one_line_saying_so(e2b):
     dead = f"http://127.0.0.1:{free_port()}"
     created = nexus("sandbox", "create", "offline", env={"E2B_API_URL": dead, "E2B_SANDBOX_URL": dead})
@@ -126,6 +177,24 @@ def test_pause_refused_by_the_plan_gives_the_seed_message_and_leaves_the_row(e2b
     paused = nexus("sandbox", "pause", sandbox)
     assert one_line_error(paused) == f"Error: {SEED_PAUSE_MESSAGE}"
     assert nx.store.get(sandbox) == before  # unchanged
+    assert nx.sandbox_run(sandbox, "python", "print(kept)")["stdout"] == "1\n"
+    nx.sandbox_stop(sandbox)
+
+
+def test_resume_refused_by_the_plan_gives_the_seed_message_and_the_sandbox_stays_paused(e2b, nx, monkeypatch):
+    key = a_key("test")
+    monkeypatch.setenv("E2B_API_KEY", key)
+    sandbox = nx.sandbox_create("downgraded")["sandbox_id"]
+    nx.sandbox_run(sandbox, "python", "kept = 1")
+    nx.sandbox_pause(sandbox)
+    change_plan(e2b, key, pause=False)  # the team moved to a plan without pause meanwhile
+    before = nx.store.get(sandbox)
+    resumed = nexus("sandbox", "resume", sandbox)
+    assert one_line_error(resumed) == f"Error: {SEED_PAUSE_MESSAGE}"
+    assert nx.store.get(sandbox) == before and before["status"] == "paused"
+    assert e2b_sandbox(nx, sandbox).state.value == "paused"
+    change_plan(e2b, key, pause=True)
+    nx.sandbox_resume(sandbox)
     assert nx.sandbox_run(sandbox, "python", "print(kept)")["stdout"] == "1\n"
     nx.sandbox_stop(sandbox)
 
@@ -280,6 +349,56 @@ def test_a_cell_times_out_at_its_timeout_and_keeps_its_state(e2b, nx):
     nx.sandbox_stop(sandbox)
 
 
+def test_a_cell_that_floods_its_output_is_interrupted_and_the_sandbox_keeps_working(e2b, data_dir, monkeypatch):
+    monkeypatch.setenv("NEXUS_MAX_OUTPUT_CHARS", "1024")
+    nx = SandboxManager(data_dir, provider="e2b")
+    sandbox = nx.sandbox_create("flood")["sandbox_id"]
+    nx.sandbox_run(sandbox, "python", "kept = 'yes'")
+    started = time.monotonic()
+    flooded = nx.sandbox_run(sandbox, "python", "while True:\n    print('y' * 65536)", timeout=60)
+    assert time.monotonic() - started < 30  # ended by the flood, not by the timeout
+    assert flooded["exit_code"] == 1
+    kept, marker = flooded["stdout"].rsplit("\n[nexus: stdout: ", 1)
+    assert len(kept) <= 1024 + 4096 and marker.endswith(" more characters than the limit were dropped]\n")
+    assert flooded["stderr"].endswith(
+        f"[nexus: the cell wrote over {8 * 1024 + (1 << 20)} characters and was interrupted]\n"
+    )
+    assert nx.sandbox_run(sandbox, "python", "print(kept)")["stdout"] == "yes\n"  # interrupted, not restarted
+    nx.sandbox_stop(sandbox)
+
+
+def test_rich_outputs_over_the_limit_are_dropped_as_the_local_provider_drops_them(e2b, nx):
+    # Displays of 1 MiB each, a few more than MAX_RESULTS_BYTES holds.
+    code = f"for _ in range({(MAX_RESULTS_BYTES >> 20) + 2}):\n    display({{'text/plain': 'r' * (1 << 20)}}, raw=True)"
+    marker = f"[nexus: rich outputs over {MAX_RESULTS_BYTES} bytes were dropped]"
+    outcomes = {}
+    for provider in ("e2b", "local"):
+        manager = SandboxManager(nx.data_dir, provider=provider)
+        sandbox = manager.sandbox_create(f"rich-{provider}")["sandbox_id"]
+        result = manager.sandbox_run(sandbox, "python", code, timeout=120)
+        outcomes[provider] = (len(result["results"]), result["stderr"].count(marker), result["exit_code"])
+        assert manager.sandbox_run(sandbox, "python", "print('after')")["stdout"] == "after\n"
+        manager.sandbox_stop(sandbox)
+    # The first 63 fit (each is 1 MiB and its JSON around it), the last 3 are dropped, each saying so.
+    assert outcomes["e2b"] == outcomes["local"] == ((MAX_RESULTS_BYTES >> 20) - 1, 3, 0)
+
+
+def test_a_cell_that_displays_without_end_is_interrupted_saying_so(e2b, nx, monkeypatch):
+    from nexus_jupyter.providers import e2b_code
+
+    monkeypatch.setattr(e2b_code, "MAX_RESULTS_BYTES", 1 << 20)  # a smaller limit: the test stays fast
+    sandbox = nx.sandbox_create("displays")["sandbox_id"]
+    flooded = nx.sandbox_run(
+        sandbox, "python", "while True:\n    display({'text/plain': 'r' * 65536}, raw=True)", timeout=60
+    )
+    assert flooded["exit_code"] == 1 and 0 < len(flooded["results"]) <= 16
+    assert flooded["stderr"].endswith(
+        f"[nexus: the cell displayed over {4 << 20} bytes of rich outputs and was interrupted]\n"
+    )
+    assert nx.sandbox_run(sandbox, "python", "print('after')")["stdout"] == "after\n"
+    nx.sandbox_stop(sandbox)
+
+
 def test_a_plot_and_a_table_come_back_as_the_local_provider_gives_them(e2b, nx):
     sandbox = nx.sandbox_create("rich")["sandbox_id"]
     plot = nx.sandbox_run(sandbox, "python", "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()")
@@ -341,7 +460,8 @@ def test_the_rest_api_runs_e2b_sandboxes_and_says_why_it_cannot_pause_them(e2b, 
         assert created.json()["provider"] == "e2b"
         response = server.request("POST", f"sandboxes/{sandbox}/run", json={"code": "print('streamed')\n6 * 7"})
         events = [json.loads(line) for line in response.text.splitlines()]
-        assert {"type": "stdout", "text": "streamed\n"} in events
+        # print writes its text and its newline apart: how they are split into events is E2B's affair
+        assert "".join(event["text"] for event in events if event["type"] == "stdout") == "streamed\n"
         [result] = [event for event in events if event["type"] == "result"]
         assert result["data"] == {"text/plain": "42"} and result["is_main_result"]
         paused = server.request("POST", f"sandboxes/{sandbox}/pause")

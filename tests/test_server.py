@@ -256,7 +256,7 @@ def test_errors_have_the_status_and_the_clis_one_line(server, sandbox):
     assert (unknown.status_code, unknown.json()["message"]) == (
         400,
         "unknown field 'colour' (allowed: agent_id, allow_internet, cpus, disk_mb, env, max_processes, memory, "
-        "memory_mb, name, provider, template_id, tenant_id, ttl_minutes)",
+        "memory_mb, name, notebook, provider, template_id, tenant_id, ttl_minutes)",
     )
     assert server.request("POST", "sandboxes", json={"ttl_minutes": 5}).status_code == 400
     assert server.request("POST", "sandboxes", json={"name": "x", "provider": "nope"}).status_code == 400

@@ -6,6 +6,7 @@ Set NEXUS_TEST_SCREENSHOTS=DIR to keep a screenshot of each test's page.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -41,6 +42,12 @@ def wait_for_status(nx, sandbox_id: str, status: str, seconds: float = 30) -> No
     while nx.sandbox_status(sandbox_id)["status"] != status and time.monotonic() < deadline:
         time.sleep(0.2)
     assert nx.sandbox_status(sandbox_id)["status"] == status
+
+
+def open_section(page, sidebar, sandbox_id: str, label: str) -> None:
+    """Open a row's menu and choose one of its items (Console, Files, Metrics, Copy Sandbox Id)."""
+    row(sidebar, sandbox_id).get_by_role("button", name="More actions").click()
+    page.locator(".jp-NexusSandboxes-menu .lm-Menu-item", has_text=label).click()
 
 
 def test_the_sidebar_shows_sandboxes_made_anywhere_and_pauses_resumes_and_stops_them(page, lab):
@@ -104,7 +111,7 @@ def test_a_sandboxs_console_streams_the_output_of_its_runs(page, lab):
     nx.sandbox_run(sandbox, "python", "kept = 41")
     sidebar = open_sidebar(page, lab)
     item = row(sidebar, sandbox)
-    item.get_by_role("button", name="Console").click()
+    open_section(page, sidebar, sandbox, "Console")
     item.locator("textarea").fill("print('first', flush=True)\nimport time\ntime.sleep(2)\nprint(kept + 1)")
     item.get_by_role("button", name="Run").click()
     output = item.locator(".jp-NexusSandboxes-output")
@@ -117,6 +124,67 @@ def test_a_sandboxs_console_streams_the_output_of_its_runs(page, lab):
     item.get_by_role("button", name="Run").click()
     output.get_by_text("[exit code 3]").wait_for(timeout=30_000)
     assert item.locator(".jp-NexusSandboxes-output .jp-mod-stderr", has_text="oops").count() == 1
+    nx.sandbox_stop(sandbox)
+
+
+def test_a_sandboxs_files_are_browsed_downloaded_and_uploaded_by_dropping_them(page, lab, tmp_path):
+    _, _, data_dir = lab
+    nx = SandboxManager(data_dir)
+    sandbox = nx.sandbox_create("with-files")["sandbox_id"]
+    nx.sandbox_write_file(sandbox, "results/table.csv", "a,b\n1,2\n")
+    sidebar = open_sidebar(page, lab)
+    open_section(page, sidebar, sandbox, "Files")
+    files = row(sidebar, sandbox).locator(".jp-NexusSandboxes-files")
+    files.locator(".jp-NexusSandboxes-dir", has_text="results/").click()
+    files.locator(".jp-NexusSandboxes-cwd", has_text="~/results").wait_for(timeout=30_000)
+    csv = files.locator(".jp-NexusSandboxes-download", has_text="table.csv")
+    assert files.locator('[data-path="results/table.csv"] .jp-NexusSandboxes-size').inner_text() == "8 B"
+    with page.expect_download(timeout=30_000) as download:
+        csv.click()
+    saved = tmp_path / "table.csv"
+    download.value.save_as(saved)
+    assert download.value.suggested_filename == "table.csv" and saved.read_bytes() == b"a,b\n1,2\n"
+
+    # a file dropped on the list from the desktop lands in the directory shown
+    dropped = page.evaluate_handle(
+        """() => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array([0, 1, 2, 255]), 'x'.repeat(2000)], 'dropped.bin'));
+            return transfer;
+        }"""
+    )
+    files.dispatch_event("dragover", {"dataTransfer": dropped})
+    files.dispatch_event("drop", {"dataTransfer": dropped})
+    files.locator(".jp-NexusSandboxes-note", has_text="uploaded results/dropped.bin").wait_for(timeout=30_000)
+    files.locator(".jp-NexusSandboxes-download", has_text="dropped.bin").wait_for(timeout=30_000)
+    assert nx.sandbox_read_file(sandbox, "results/dropped.bin") == bytes([0, 1, 2, 255]) + b"x" * 2000
+    files.get_by_role("button", name="↑").click()
+    files.locator(".jp-NexusSandboxes-dir", has_text="results/").wait_for(timeout=30_000)
+    nx.sandbox_stop(sandbox)
+
+
+def test_a_sandboxs_metrics_are_drawn_live(page, lab):
+    _, _, data_dir = lab
+    nx = SandboxManager(data_dir)
+    sandbox = nx.sandbox_create("with-metrics")["sandbox_id"]
+    spin = "import threading\ndef spin():\n    while True: pass\nthreading.Thread(target=spin, daemon=True).start()"
+    nx.sandbox_run(sandbox, "python", spin)  # the session's thread keeps a core busy between runs
+    sidebar = open_sidebar(page, lab)
+    open_section(page, sidebar, sandbox, "Metrics")
+    metrics = row(sidebar, sandbox).locator(".jp-NexusSandboxes-metrics")
+    cpu = metrics.locator('[data-metric="CPU"] .jp-NexusSandboxes-metricValue')
+    page.wait_for_function(
+        "element => /^[0-9]+%$/.test(element.textContent)", arg=cpu.element_handle(), timeout=30_000
+    )
+    assert int(cpu.inner_text().rstrip("%")) >= 30, cpu.inner_text()  # the loop's core, as the box counts it
+    memory = metrics.locator('[data-metric="Memory"] .jp-NexusSandboxes-metricValue').inner_text()
+    assert memory.endswith("/ 1.0 GB") and "B /" in memory, memory  # used / the box's limit
+    processes = metrics.locator('[data-metric="Processes"] .jp-NexusSandboxes-metricValue').inner_text()
+    assert int(processes) >= 2, processes
+    assert metrics.locator('[data-metric="Disk"] .jp-NexusSandboxes-metricValue').inner_text().endswith("/ 512 MB")
+    # several readings: a line, not a point
+    points = metrics.locator('[data-metric="Memory"] polyline').get_attribute("points")
+    assert len(points.split()) >= 2, points
     nx.sandbox_stop(sandbox)
 
 

@@ -6,7 +6,7 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { ISandbox } from './model';
+import { IFileEntry, IMetrics, ISandbox } from './model';
 
 /** An answer other than success: the API's one-line message and the HTTP status. */
 export class ApiError extends Error {
@@ -57,9 +57,60 @@ export async function requestAPI<T>(path: string, init: RequestInit = {}): Promi
   return (text ? JSON.parse(text) : null) as T;
 }
 
-export async function listSandboxes(includeStopped: boolean): Promise<ISandbox[]> {
-  const answer = await requestAPI<{ sandboxes: ISandbox[] }>(`sandboxes${includeStopped ? '?all=1' : ''}`);
+/** Which sandboxes `listSandboxes` reads. */
+export interface IListQuery {
+  includeStopped?: boolean;
+  allUsers?: boolean; // admins only (the API answers 403 to others)
+  notebookPath?: string; // those a notebook made (its path as Lab names it)
+}
+
+export async function listSandboxes(query: IListQuery = {}): Promise<ISandbox[]> {
+  const params = new URLSearchParams();
+  if (query.includeStopped) {
+    params.set('all', '1');
+  }
+  if (query.allUsers) {
+    params.set('all_users', '1');
+  }
+  if (query.notebookPath) {
+    params.set('notebook_path', query.notebookPath);
+  }
+  const search = params.toString();
+  const answer = await requestAPI<{ sandboxes: ISandbox[] }>(`sandboxes${search ? `?${search}` : ''}`);
   return answer.sandboxes;
+}
+
+export function whoAmI(): Promise<{ user_id: string; is_admin: boolean }> {
+  return requestAPI('whoami');
+}
+
+export function sandboxMetrics(sandboxId: string): Promise<IMetrics> {
+  return requestAPI<IMetrics>(`sandboxes/${encodeURIComponent(sandboxId)}/metrics`);
+}
+
+/** The URL path of a file in a sandbox, each segment escaped. */
+function filePath(sandboxId: string, path: string): string {
+  const segments = path.split('/').filter(segment => segment && segment !== '.');
+  return `sandboxes/${encodeURIComponent(sandboxId)}/files/${segments.map(encodeURIComponent).join('/')}`;
+}
+
+export function listFiles(sandboxId: string, directory: string): Promise<IFileEntry[]> {
+  return requestAPI<IFileEntry[]>(
+    `sandboxes/${encodeURIComponent(sandboxId)}/files?path=${encodeURIComponent(directory)}`
+  );
+}
+
+export async function readFile(sandboxId: string, path: string): Promise<Blob> {
+  return (await send(filePath(sandboxId, path), { method: 'GET' })).blob();
+}
+
+/** Write a file (the body streams from the browser's Blob). */
+export function writeFile(sandboxId: string, path: string, content: Blob): Promise<{ path: string; size: number }> {
+  return requestAPI(filePath(sandboxId, path), {
+    method: 'PUT',
+    body: content,
+    headers: { 'Content-Type': 'application/octet-stream' }
+  });
 }
 
 export function sandboxAction(sandboxId: string, action: 'pause' | 'resume' | 'stop'): Promise<ISandbox> {

@@ -9,7 +9,9 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
 import { ApiError, createSandbox, ICreateRequest } from './api';
-import { SandboxesPanel } from './panel';
+import { NotebookSandboxExtension } from './notebook';
+import { SandboxesPanel, Section } from './panel';
+import { SandboxList } from './sandboxes';
 
 const PLUGIN_ID = 'nexus-jupyter:plugin';
 
@@ -20,6 +22,10 @@ export namespace CommandIDs {
   export const pause = 'nexus:pause-sandbox';
   export const resume = 'nexus:resume-sandbox';
   export const stop = 'nexus:stop-sandbox';
+  export const copyId = 'nexus:copy-sandbox-id';
+  export const console = 'nexus:open-sandbox-console';
+  export const files = 'nexus:open-sandbox-files';
+  export const metrics = 'nexus:show-sandbox-metrics';
 }
 
 const SANDBOX_SVG =
@@ -70,9 +76,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null,
     settingRegistry: ISettingRegistry | null
   ) => {
+    const { commands } = app;
+    const list = new SandboxList({ refreshSeconds: 5, showStopped: false, allUsers: false });
     const panel = new SandboxesPanel(
-      { refreshSeconds: 5, confirmStop: true, showStopped: false },
-      { create: () => void app.commands.execute(CommandIDs.create) }
+      list,
+      {
+        registry: commands,
+        create: CommandIDs.create,
+        copyId: CommandIDs.copyId,
+        sections: { console: CommandIDs.console, files: CommandIDs.files, metrics: CommandIDs.metrics },
+        openNotebook: 'docmanager:open'
+      },
+      { confirmStop: true }
     );
     panel.title.icon = sandboxIcon;
     panel.title.caption = 'Sandboxes';
@@ -80,17 +95,42 @@ const plugin: JupyterFrontEndPlugin<void> = {
     if (restorer) {
       restorer.add(panel, 'nexus-sandboxes');
     }
+    app.docRegistry.addWidgetExtension('Notebook', new NotebookSandboxExtension(list, commands, CommandIDs.open));
 
-    const { commands } = app;
     const idArg = (args: any) => String(args.sandboxId ?? '');
     commands.addCommand(CommandIDs.open, {
       label: 'Show Sandboxes',
-      execute: () => app.shell.activateById(panel.id)
+      execute: args => {
+        app.shell.activateById(panel.id);
+        if (idArg(args)) {
+          panel.reveal(idArg(args));
+        }
+      }
     });
     commands.addCommand(CommandIDs.refresh, {
       label: 'Refresh Sandboxes',
-      execute: () => panel.refresh().catch(() => undefined)
+      execute: () => panel.refresh()
     });
+    commands.addCommand(CommandIDs.copyId, {
+      label: 'Copy Sandbox Id',
+      isEnabled: args => !!idArg(args),
+      execute: args => navigator.clipboard?.writeText(idArg(args))
+    });
+    for (const [id, section, label] of [
+      [CommandIDs.console, 'console', 'Console'],
+      [CommandIDs.files, 'files', 'Files'],
+      [CommandIDs.metrics, 'metrics', 'Metrics']
+    ] as [string, Section, string][]) {
+      commands.addCommand(id, {
+        label,
+        isEnabled: args => !!idArg(args),
+        isToggled: args => panel.isOpen(idArg(args), section),
+        execute: args => {
+          app.shell.activateById(panel.id);
+          panel.toggle(idArg(args), section);
+        }
+      });
+    }
     commands.addCommand(CommandIDs.create, {
       label: 'New Sandbox…',
       execute: async () => {
@@ -107,7 +147,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         } catch (error) {
           await showErrorMessage('Cannot create the sandbox', error instanceof ApiError ? error.message : `${error}`);
         }
-        await panel.refresh().catch(() => undefined);
+        await panel.refresh();
       }
     });
     for (const [id, action, label] of [
@@ -130,12 +170,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
     if (settingRegistry) {
       try {
         const settings = await settingRegistry.load(PLUGIN_ID);
-        const apply = () =>
-          panel.configure({
+        const apply = () => {
+          panel.confirmStop = settings.get('confirmStop').composite as boolean;
+          list.configure({
             refreshSeconds: settings.get('refreshInterval').composite as number,
-            confirmStop: settings.get('confirmStop').composite as boolean,
             showStopped: settings.get('showStopped').composite as boolean
           });
+        };
         apply();
         settings.changed.connect(apply);
       } catch (reason) {

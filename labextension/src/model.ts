@@ -22,6 +22,31 @@ export interface ISandbox {
   ttl_minutes: number;
   expires_at: string | null;
   uptime_seconds: number;
+  stop_reason?: string; // why a stopped one stopped: stopped, expired, vanished, create failed: …
+  notebook?: string; // the notebook whose %%sandbox cells made it (absolute path on the server)
+  notebook_path?: string; // the same, as Lab names it (under the server's root)
+}
+
+/** One entry of `GET sandboxes/{id}/files?path=`. */
+export interface IFileEntry {
+  name: string;
+  path: string;
+  type: 'file' | 'dir' | 'symlink';
+  size: number;
+  modified: number;
+}
+
+/** `GET sandboxes/{id}/metrics` (null: the provider does not count it). */
+export interface IMetrics {
+  sandbox_id: string;
+  cpu_seconds: number | null;
+  memory_bytes: number | null;
+  memory_peak_bytes: number | null;
+  memory_limit_bytes: number | null;
+  processes: number | null;
+  disk_used_bytes: number | null;
+  disk_limit_bytes: number | null;
+  measured_at: string;
 }
 
 /** Milliseconds since the epoch of the API's UTC time ("YYYY-MM-DDTHH:MM:SS"), or null. */
@@ -95,4 +120,61 @@ export function actionsFor(status: SandboxStatus): IActions {
     stop: status !== 'stopped',
     run: status === 'active'
   };
+}
+
+/** "512 B", "1.5 KB", "20 MB", "1.0 GB" (powers of 1024, as `ls -h`). */
+export function formatBytes(bytes: number): string {
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let value = Math.max(0, bytes);
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} B` : `${value < 10 ? value.toFixed(1) : Math.round(value)} ${units[unit]}`;
+}
+
+/** CPU use between two readings of cpu_seconds taken ``elapsedMs`` apart, in percent of one core. */
+export function cpuPercent(before: number | null, after: number | null, elapsedMs: number): number | null {
+  if (before === null || after === null || elapsedMs <= 0 || after < before) {
+    return null;
+  }
+  return ((after - before) / (elapsedMs / 1000)) * 100;
+}
+
+/** SVG polyline points for ``values`` in a ``width`` x ``height`` box (nulls skipped; the top is
+ * ``ceiling`` if given, else the largest value). */
+export function sparklinePoints(values: (number | null)[], width: number, height: number, ceiling?: number): string {
+  const known = values.filter((value): value is number => value !== null);
+  const top = ceiling ?? Math.max(...known, 0);
+  if (known.length === 0) {
+    return '';
+  }
+  const step = values.length > 1 ? width / (values.length - 1) : 0;
+  return values
+    .map((value, index) => {
+      if (value === null) {
+        return null;
+      }
+      const y = top > 0 ? height - (Math.min(value, top) / top) * height : height;
+      return `${(index * step).toFixed(1)},${y.toFixed(1)}`;
+    })
+    .filter(point => point !== null)
+    .join(' ');
+}
+
+/** What a notebook's toolbar item says about its sandbox (the newest it made, or none). */
+export type NotebookSandboxState = 'none yet' | 'starting' | 'active' | 'paused' | 'expired' | 'stopped';
+
+export function notebookState(sandbox: ISandbox | undefined): NotebookSandboxState {
+  if (!sandbox) {
+    return 'none yet';
+  }
+  if (sandbox.status === 'creating') {
+    return 'starting';
+  }
+  if (sandbox.status !== 'stopped') {
+    return sandbox.status;
+  }
+  return sandbox.stop_reason === 'expired' ? 'expired' : 'stopped';
 }

@@ -1,83 +1,58 @@
 /**
- * The "Sandboxes" sidebar: one row per sandbox of the user, whatever made it,
- * refreshed by a Poll (backing off on errors, standing by while hidden), with a
- * live countdown to each sandbox's expiry and Pause / Resume / Stop per row.
+ * The "Sandboxes" sidebar: one row per sandbox of the user (every user's, for an
+ * admin who asks), whatever made it, from the shared SandboxList; a live countdown
+ * to each sandbox's expiry; Pause / Resume / Stop per row, and a menu opening its
+ * console, its files and its metrics under the row.
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { ReactWidget } from '@jupyterlab/ui-components';
-import { Poll } from '@lumino/polling';
-import { Signal } from '@lumino/signaling';
+import { CommandRegistry } from '@lumino/commands';
 import { Message } from '@lumino/messaging';
+import { Menu } from '@lumino/widgets';
 import * as React from 'react';
 
-import { ApiError, listSandboxes, sandboxAction } from './api';
+import { ApiError, sandboxAction } from './api';
 import { SandboxConsole } from './console';
-import { actionsFor, ISandbox, timeLeft, uptime } from './model';
+import { SandboxFiles } from './files';
+import { SandboxMetrics } from './metrics';
+import { actionsFor, timeLeft, uptime } from './model';
+import { SandboxList } from './sandboxes';
 
-export interface IPanelOptions {
-  refreshSeconds: number;
-  confirmStop: boolean;
-  showStopped: boolean;
-}
+/** What can be opened under a row. */
+export type Section = 'console' | 'files' | 'metrics';
 
-/** The panel's toolbar runs these commands (index.ts adds them). */
-export interface IToolbarCommands {
-  create: () => void;
+/** The command ids the panel's buttons and row menu run (index.ts adds them). */
+export interface IPanelCommands {
+  registry: CommandRegistry;
+  create: string;
+  copyId: string;
+  sections: Record<Section, string>;
+  openNotebook: string;
 }
 
 export class SandboxesPanel extends ReactWidget {
   constructor(
-    options: IPanelOptions,
-    private readonly _toolbar: IToolbarCommands
+    readonly list: SandboxList,
+    private readonly _commands: IPanelCommands,
+    options: { confirmStop: boolean }
   ) {
     super();
     this.id = 'nexus-sandboxes';
     this.addClass('jp-NexusSandboxes');
-    this._options = { ...options };
-    this._poll = new Poll({
-      factory: () => this.refresh(),
-      frequency: { interval: options.refreshSeconds * 1000, backoff: true, max: 60 * 1000 },
-      name: 'nexus-jupyter:sandboxes',
-      standby: () => !this.isVisible || 'when-hidden'
-    });
+    this.confirmStop = options.confirmStop;
+    list.changed.connect(() => this.update(), this);
+    list.addViewer(() => this.isVisible);
   }
 
-  /** Sandboxes as last read, and when. */
-  get sandboxes(): ISandbox[] {
-    return this._sandboxes;
-  }
+  confirmStop: boolean;
 
-  get changed(): Signal<this, void> {
-    return this._changed;
-  }
-
-  configure(options: Partial<IPanelOptions>): void {
-    this._options = { ...this._options, ...options };
-    if (options.refreshSeconds) {
-      this._poll.frequency = { ...this._poll.frequency, interval: options.refreshSeconds * 1000 };
-    }
-    void this._poll.refresh();
-  }
-
-  /** Read the list now (also what the Poll calls). */
-  async refresh(): Promise<void> {
-    try {
-      this._sandboxes = await listSandboxes(this._options.showStopped);
-      this._readAt = Date.now();
-      this._error = '';
-    } catch (error) {
-      this._error = error instanceof ApiError ? error.message : String(error);
-      this._changed.emit();
-      this.update();
-      throw error; // the Poll backs off
-    }
-    this._changed.emit();
-    this.update();
+  refresh(): Promise<void> {
+    return this.list.refresh().catch(() => undefined);
   }
 
   async act(sandboxId: string, action: 'pause' | 'resume' | 'stop'): Promise<void> {
-    if (action === 'stop' && this._options.confirmStop) {
-      const sandbox = this._sandboxes.find(item => item.sandbox_id === sandboxId);
+    if (action === 'stop' && this.confirmStop) {
+      const sandbox = this.list.sandboxes.find(item => item.sandbox_id === sandboxId);
       const answer = await showDialog({
         title: 'Stop sandbox?',
         body: `${sandbox?.name ?? sandboxId} (${sandboxId}) and everything in it will be destroyed.`,
@@ -97,29 +72,47 @@ export class SandboxesPanel extends ReactWidget {
     } finally {
       this._busy.delete(sandboxId);
     }
-    await this.refresh().catch(() => undefined);
+    await this.refresh();
   }
 
-  toggleConsole(sandboxId: string): void {
-    if (!this._consoles.delete(sandboxId)) {
-      this._consoles.add(sandboxId);
+  /** Open (or close) a section under a sandbox's row. */
+  toggle(sandboxId: string, section: Section, open?: boolean): void {
+    const key = `${sandboxId}/${section}`;
+    if (open ?? !this._open.has(key)) {
+      this._open.add(key);
+    } else {
+      this._open.delete(key);
     }
     this.update();
   }
 
-  setShowStopped(show: boolean): void {
-    this.configure({ showStopped: show });
+  isOpen(sandboxId: string, section: Section): boolean {
+    return this._open.has(`${sandboxId}/${section}`);
+  }
+
+  /** Scroll to a sandbox's row and mark it for a moment. */
+  reveal(sandboxId: string): void {
+    this._revealed = sandboxId;
+    this.update();
+    requestAnimationFrame(() =>
+      this.node.querySelector(`[data-sandbox-id="${CSS.escape(sandboxId)}"]`)?.scrollIntoView({ block: 'nearest' })
+    );
+    window.setTimeout(() => {
+      if (this._revealed === sandboxId) {
+        this._revealed = '';
+        this.update();
+      }
+    }, 3000);
   }
 
   dispose(): void {
-    this._poll.dispose();
     window.clearInterval(this._ticker);
     super.dispose();
   }
 
   protected onAfterShow(msg: Message): void {
     super.onAfterShow(msg);
-    void this._poll.refresh();
+    void this.refresh();
     this._ticker = window.setInterval(() => this.update(), 1000); // the countdowns
   }
 
@@ -128,46 +121,70 @@ export class SandboxesPanel extends ReactWidget {
     window.clearInterval(this._ticker);
   }
 
+  private _openMenu(sandboxId: string, event: React.MouseEvent): void {
+    const { registry, copyId, sections } = this._commands;
+    const menu = new Menu({ commands: registry });
+    menu.addClass('jp-NexusSandboxes-menu');
+    for (const command of [sections.console, sections.files, sections.metrics, copyId]) {
+      menu.addItem({ command, args: { sandboxId } });
+    }
+    menu.open(event.clientX, event.clientY);
+  }
+
   render(): JSX.Element {
     const now = Date.now();
+    const { list } = this;
+    const error = this._error || list.error;
+    const commands = this._commands;
     return (
       <div className="jp-NexusSandboxes-body">
         <div className="jp-NexusSandboxes-toolbar">
-          <button className="jp-mod-styled jp-mod-accept jp-NexusSandboxes-new" onClick={() => this._toolbar.create()}>
+          <button
+            className="jp-mod-styled jp-mod-accept jp-NexusSandboxes-new"
+            onClick={() => void commands.registry.execute(commands.create)}
+          >
             New sandbox
           </button>
-          <button
-            className="jp-mod-styled jp-NexusSandboxes-refresh"
-            onClick={() => void this.refresh().catch(() => undefined)}
-          >
+          <button className="jp-mod-styled jp-NexusSandboxes-refresh" onClick={() => void this.refresh()}>
             Refresh
           </button>
           <label>
             <input
               type="checkbox"
               className="jp-NexusSandboxes-showStopped"
-              checked={this._options.showStopped}
-              onChange={event => this.setShowStopped(event.target.checked)}
+              checked={list.options.showStopped}
+              onChange={event => list.configure({ showStopped: event.target.checked })}
             />{' '}
             show stopped
           </label>
+          {list.isAdmin && (
+            <select
+              className="jp-NexusSandboxes-whose"
+              aria-label="Whose sandboxes"
+              value={list.options.allUsers ? 'all' : 'mine'}
+              onChange={event => list.configure({ allUsers: event.target.value === 'all' })}
+            >
+              <option value="mine">mine</option>
+              <option value="all">all users</option>
+            </select>
+          )}
         </div>
-        {this._error && (
+        {error && (
           <div className="jp-NexusSandboxes-error" role="alert">
-            {this._error}
+            {error}
           </div>
         )}
-        {this._sandboxes.length === 0 && !this._error ? (
+        {list.sandboxes.length === 0 && !error ? (
           <div className="jp-NexusSandboxes-empty">No sandboxes.</div>
         ) : (
           <ul className="jp-NexusSandboxes-list">
-            {this._sandboxes.map(sandbox => {
+            {list.sandboxes.map(sandbox => {
               const allowed = actionsFor(sandbox.status);
               const busy = this._busy.has(sandbox.sandbox_id);
               return (
                 <li
                   key={sandbox.sandbox_id}
-                  className="jp-NexusSandboxes-item"
+                  className={`jp-NexusSandboxes-item${this._revealed === sandbox.sandbox_id ? ' jp-mod-revealed' : ''}`}
                   data-sandbox-id={sandbox.sandbox_id}
                   title={sandbox.sandbox_id}
                 >
@@ -178,12 +195,30 @@ export class SandboxesPanel extends ReactWidget {
                   <div className="jp-NexusSandboxes-line jp-NexusSandboxes-details">
                     <span className="jp-NexusSandboxes-provider">{sandbox.provider}</span>
                     <span>
-                      up <span className="jp-NexusSandboxes-uptime">{uptime(sandbox, this._readAt, now)}</span>
+                      up <span className="jp-NexusSandboxes-uptime">{uptime(sandbox, list.readAt, now)}</span>
                     </span>
                     <span>
                       left <span className="jp-NexusSandboxes-timeLeft">{timeLeft(sandbox, now)}</span>
                     </span>
+                    {list.options.allUsers && <span className="jp-NexusSandboxes-user">{sandbox.user_id}</span>}
                   </div>
+                  {sandbox.notebook && (
+                    <div className="jp-NexusSandboxes-line jp-NexusSandboxes-details">
+                      {sandbox.notebook_path ? (
+                        <a
+                          className="jp-NexusSandboxes-notebook"
+                          title={`Open ${sandbox.notebook_path}`}
+                          onClick={() =>
+                            void commands.registry.execute(commands.openNotebook, { path: sandbox.notebook_path! })
+                          }
+                        >
+                          {sandbox.notebook_path}
+                        </a>
+                      ) : (
+                        <span className="jp-NexusSandboxes-notebook">{sandbox.notebook}</span>
+                      )}
+                    </div>
+                  )}
                   <div className="jp-NexusSandboxes-actions">
                     {(['pause', 'resume', 'stop'] as const).map(action => (
                       <button
@@ -196,21 +231,17 @@ export class SandboxesPanel extends ReactWidget {
                       </button>
                     ))}
                     <button
-                      className="jp-mod-styled jp-NexusSandboxes-consoleToggle"
-                      disabled={!allowed.run && !this._consoles.has(sandbox.sandbox_id)}
-                      onClick={() => this.toggleConsole(sandbox.sandbox_id)}
+                      className="jp-mod-styled jp-NexusSandboxes-more"
+                      title="Console, files, metrics, copy id"
+                      aria-label="More actions"
+                      onClick={event => this._openMenu(sandbox.sandbox_id, event)}
                     >
-                      Console
-                    </button>
-                    <button
-                      className="jp-mod-styled jp-NexusSandboxes-copy"
-                      title="Copy the sandbox id"
-                      onClick={() => void navigator.clipboard?.writeText(sandbox.sandbox_id)}
-                    >
-                      Copy id
+                      ⋯
                     </button>
                   </div>
-                  {this._consoles.has(sandbox.sandbox_id) && <SandboxConsole sandboxId={sandbox.sandbox_id} />}
+                  {this.isOpen(sandbox.sandbox_id, 'console') && <SandboxConsole sandboxId={sandbox.sandbox_id} />}
+                  {this.isOpen(sandbox.sandbox_id, 'files') && <SandboxFiles sandboxId={sandbox.sandbox_id} />}
+                  {this.isOpen(sandbox.sandbox_id, 'metrics') && <SandboxMetrics sandboxId={sandbox.sandbox_id} />}
                 </li>
               );
             })}
@@ -220,13 +251,9 @@ export class SandboxesPanel extends ReactWidget {
     );
   }
 
-  private _options: IPanelOptions;
-  private _poll: Poll;
-  private _sandboxes: ISandbox[] = [];
-  private _readAt = 0;
   private _error = '';
   private _busy = new Set<string>();
-  private _consoles = new Set<string>(); // sandboxes whose console is open
+  private _open = new Set<string>(); // "sandboxId/section" open under rows
+  private _revealed = '';
   private _ticker = 0;
-  private _changed = new Signal<this, void>(this);
 }

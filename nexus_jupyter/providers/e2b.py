@@ -171,12 +171,12 @@ class E2BProvider(Provider):
         """This store's id, carried in every sandbox's metadata (the orphan sweep's key).
         Made once per data dir; random, so no host path is shown to E2B."""
         path = self.data_dir / "e2b-store-id"
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            pass
-        partial = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-        try:
+        try:  # reading too: a directory or an unreadable file in its place is one line, not a traceback
+            try:
+                return path.read_text().strip()
+            except FileNotFoundError:
+                pass
+            partial = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
             partial.write_text(secrets.token_hex(8) + "\n")
             try:
                 os.link(partial, path)  # the first to link wins; the others read its id

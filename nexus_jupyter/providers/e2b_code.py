@@ -42,7 +42,8 @@ RESULT_MIME_TYPES = {
 
 
 class _OutputFlood(Exception):
-    """Raised from an output callback to stop reading a cell that writes without end."""
+    """Raised from an output callback to stop reading a cell that writes without end;
+    its message says what overflowed."""
 
 
 def first_line(exc: BaseException) -> str:
@@ -196,7 +197,7 @@ def run_cell(
         def arrived(message) -> None:
             received["chars"] += len(message.line)
             if received["chars"] > ceiling:  # the SDK keeps every line too: stop reading
-                raise _OutputFlood()
+                raise _OutputFlood(f"the cell wrote over {ceiling} characters")
             streams[stream].add(message.line)
 
         return arrived
@@ -207,7 +208,7 @@ def run_cell(
         if received["results_bytes"] > MAX_RESULTS_BYTES:
             streams["stderr"].add(f"\n[nexus: rich outputs over {MAX_RESULTS_BYTES} bytes were dropped]\n")
             if received["results_bytes"] > 4 * MAX_RESULTS_BYTES:
-                raise _OutputFlood()
+                raise _OutputFlood(f"the cell displayed over {4 * MAX_RESULTS_BYTES} bytes of rich outputs")
             return
         results.append(bundle)
         if on_result is not None:
@@ -224,9 +225,9 @@ def run_cell(
             on_stderr=output("stderr"),
             on_result=result_arrived,
         )
-    except _OutputFlood:
+    except _OutputFlood as flood:
         # Leaving the stream makes the template's server interrupt the cell.
-        streams["stderr"].add(f"\n[nexus: the cell wrote over {ceiling} characters and was interrupted]\n")
+        streams["stderr"].add(f"\n[nexus: {flood} and was interrupted]\n")
         outcome["exit_code"] = 1
         execution = None
     except e2b.TimeoutException as exc:

@@ -46,7 +46,10 @@ CONTROL_ROUTES = [
     ("POST", re.compile(r"/sandboxes/([^/]+)/pause"), "pause"),
     ("POST", re.compile(r"/v2/sandboxes/([^/]+)/connect"), "connect"),
     ("GET", re.compile(r"/sandboxes/([^/]+)/metrics"), "metrics"),
+    ("POST", re.compile(r"/_double/plan"), "plan"),  # the double's own: a test changes its team's plan
 ]
+# What a proxy in front of E2B answers when E2B itself fails: a page, not E2B's JSON.
+GARBLED_PAGE = "<html><body><h1>500 Internal Server Error</h1></body></html>"
 
 
 def error(status: int, message: str, **extra) -> Response:
@@ -101,10 +104,15 @@ class DoubleApp:
             return error(404, f"no route {request.method} {request.path}")
         try:
             team = self.cloud.team(request.headers.get("X-API-KEY"))
+            if name == "create" and team.garbled:
+                return Response(GARBLED_PAGE, 500, mimetype="text/html")
             if name == "create":
                 return as_json(self.cloud.create(team, request.get_json(force=True)).as_sandbox(), 201)
             if name == "list":
                 return self.list(request, team)
+            if name == "plan":
+                self.cloud.change_plan(team, bool(request.get_json(force=True)["pause"]))
+                return Response(status=204)
             sandbox = self.cloud.sandbox(team, match.group(1))
             return getattr(self, name)(request, sandbox)
         except CloudError as exc:

@@ -27,6 +27,7 @@ EXPIRY_TICK_SECONDS = 0.2
 # The local box's own idle clock ends it this long after E2B's timeout would have,
 # should this process die without ending it.
 BOX_GRACE_SECONDS = 120
+STALL_SECONDS = 5.0  # how long a slow team's create stalls: past the request timeout its tests set
 
 
 class CloudError(Exception):
@@ -44,11 +45,17 @@ def iso(timestamp: float) -> str:
 
 class Team:
     """Who an API key is.  Keys name their team's abilities, so a test picks one by key:
-    ``e2b_…`` a team on a plan with pause, ``e2b_nopause_…`` one without."""
+    ``e2b_…`` a team on a plan with pause, ``e2b_nopause_…`` one without; and how E2B
+    fails it on create: ``e2b_busy_…`` E2B is busy (503), ``e2b_slow_…`` E2B stalls for
+    STALL_SECONDS, ``e2b_garbled_…`` something in front of E2B answers 500 with a page
+    that is not E2B's JSON.  A team's plan can change later (``Cloud.change_plan``)."""
 
     def __init__(self, api_key: str):
         self.key = api_key
         self.can_pause = not api_key.startswith("e2b_nopause")
+        self.busy = api_key.startswith("e2b_busy_")
+        self.slow = api_key.startswith("e2b_slow_")
+        self.garbled = api_key.startswith("e2b_garbled_")
 
 
 class CloudSandbox:
@@ -107,6 +114,7 @@ class Cloud:
         self.provider.pool_size = 0
         self.max_sandboxes_per_team = max_sandboxes_per_team
         self.sandboxes: dict[str, CloudSandbox] = {}
+        self.teams: dict[str, Team] = {}  # kept, as E2B keeps them, so a plan can change
         self.lock = threading.Lock()
         self._stopping = threading.Event()
         self._clock = threading.Thread(target=self._expire_loop, name="e2b-double-clock", daemon=True)
@@ -118,7 +126,12 @@ class Cloud:
             raise CloudError(401, "Missing API key")
         if not api_key.startswith("e2b_"):
             raise CloudError(401, "Invalid API key, it must start with 'e2b_'")
-        return Team(api_key)
+        with self.lock:
+            return self.teams.setdefault(api_key, Team(api_key))
+
+    def change_plan(self, team: Team, can_pause: bool) -> None:
+        """The team moves to a plan with pause or without (its sandboxes, paused or not, stay)."""
+        team.can_pause = can_pause
 
     def sandbox(self, team: Team, sandbox_id: str) -> CloudSandbox:
         found = self.sandboxes.get(sandbox_id)
@@ -128,6 +141,11 @@ class Cloud:
 
     # ---- lifecycle
     def create(self, team: Team, body: dict) -> CloudSandbox:
+        if team.busy:
+            raise CloudError(503, "Service is busy, please try again later")
+        if team.slow:
+            time.sleep(STALL_SECONDS)  # the client gave up meanwhile: nothing is made
+            raise CloudError(504, "the request took too long")
         template = body.get("templateID") or "base"
         if template not in TEMPLATES:
             raise CloudError(404, f"template '{template}' not found")
@@ -200,6 +218,8 @@ class Cloud:
             raise CloudError(400, f"Timeout cannot be greater than {MAX_TIMEOUT_SECONDS // 3600} hours")
         with sandbox.lock:
             resumed = sandbox.state == "paused"
+            if resumed and not sandbox.team.can_pause:  # a team whose plan lost pause since
+                raise CloudError(403, "Resuming sandboxes is not available on your team's plan")
             if resumed:
                 self.provider.resume(sandbox.sandbox_id, sandbox.box_state)
                 sandbox.state = "running"

@@ -1,4 +1,15 @@
-import { actionsFor, formatDuration, ISandbox, parseUtc, timeLeft, uptime } from '../model';
+import {
+  actionsFor,
+  cpuPercent,
+  formatBytes,
+  formatDuration,
+  ISandbox,
+  notebookState,
+  parseUtc,
+  sparklinePoints,
+  timeLeft,
+  uptime
+} from '../model';
 
 function sandbox(fields: Partial<ISandbox>): ISandbox {
   return {
@@ -68,5 +79,46 @@ describe('actionsFor', () => {
     expect(actionsFor('paused')).toEqual({ pause: false, resume: true, stop: true, run: false });
     expect(actionsFor('stopped')).toEqual({ pause: false, resume: false, stop: false, run: false });
     expect(actionsFor('creating')).toEqual({ pause: false, resume: false, stop: true, run: false });
+  });
+});
+
+describe('formatBytes', () => {
+  it('uses the largest unit that keeps a number of at least one', () => {
+    expect(formatBytes(512)).toBe('512 B');
+    expect(formatBytes(1536)).toBe('1.5 KB');
+    expect(formatBytes(20 * 1024 * 1024)).toBe('20 MB');
+    expect(formatBytes(1024 ** 3)).toBe('1.0 GB');
+  });
+});
+
+describe('cpuPercent', () => {
+  it('is CPU time over wall time, in percent of one core', () => {
+    expect(cpuPercent(1.0, 1.5, 1000)).toBeCloseTo(50);
+    expect(cpuPercent(1.0, 5.0, 2000)).toBeCloseTo(200);
+  });
+  it('is unknown without two readings, or when the counter went back (a restart)', () => {
+    expect(cpuPercent(null, 1.0, 1000)).toBeNull();
+    expect(cpuPercent(2.0, 1.0, 1000)).toBeNull();
+    expect(cpuPercent(1.0, 2.0, 0)).toBeNull();
+  });
+});
+
+describe('sparklinePoints', () => {
+  it('spreads the readings across the width, the largest at the top', () => {
+    expect(sparklinePoints([0, 5, 10], 100, 20)).toBe('0.0,20.0 50.0,10.0 100.0,0.0');
+  });
+  it('skips unknown readings and scales to a given ceiling', () => {
+    expect(sparklinePoints([null, 50], 10, 10, 100)).toBe('10.0,5.0');
+    expect(sparklinePoints([null, null], 10, 10)).toBe('');
+  });
+});
+
+describe('notebookState', () => {
+  it("says what became of the notebook's sandbox", () => {
+    expect(notebookState(undefined)).toBe('none yet');
+    expect(notebookState(sandbox({ status: 'creating' }))).toBe('starting');
+    expect(notebookState(sandbox({ status: 'paused' }))).toBe('paused');
+    expect(notebookState(sandbox({ status: 'stopped', stop_reason: 'expired' }))).toBe('expired');
+    expect(notebookState(sandbox({ status: 'stopped', stop_reason: 'stopped' }))).toBe('stopped');
   });
 });
