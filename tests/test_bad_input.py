@@ -155,6 +155,13 @@ def test_a_newer_store_schema_is_refused_not_overwritten(data_dir, nexus):
     conn.close()
 
 
+def test_listing_every_users_sandboxes_is_for_admins_only(nexus):
+    assert_one_line_error(
+        nexus("sandbox", "list", "--all-users", env={"NEXUS_USER": "mallory"}),
+        "only admins can list every user's sandboxes (you are mallory)",
+    )
+
+
 def test_a_corrupt_store_is_reported_in_one_line(data_dir, nexus):
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "nexus.db").write_bytes(b"this is not a database" * 100)

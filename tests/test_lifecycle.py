@@ -185,6 +185,27 @@ def test_the_store_is_wal_mode_with_a_schema_version(data_dir, nx):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+def test_a_store_from_the_previous_schema_is_upgraded_in_place_keeping_its_sandboxes(data_dir, provider):
+    before = SandboxManager(data_dir, provider=provider)
+    sandbox = before.sandbox_create("made-by-schema-1")["sandbox_id"]
+    del before
+    conn = sqlite3.connect(data_dir / "nexus.db")  # as nexus-jupyter 0.1 left it: no notebook column
+    conn.execute("ALTER TABLE sandboxes DROP COLUMN notebook")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    after = SandboxManager(data_dir, provider=provider)
+    assert after.sandbox_status(sandbox)["status"] == "active" and "notebook" not in after.sandbox_status(sandbox)
+    assert after.sandbox_run(sandbox, "bash", "echo still here")["stdout"] == "still here\n"
+    made = after.sandbox_create("made-by-a-notebook", notebook="/srv/notebooks/a.ipynb")
+    assert after.sandbox_status(made["sandbox_id"])["notebook"] == "/srv/notebooks/a.ipynb"
+    conn = sqlite3.connect(data_dir / "nexus.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    conn.close()
+    after.sandbox_stop(sandbox)
+    after.sandbox_stop(made["sandbox_id"])
+
+
 def test_the_store_survives_restarts(data_dir, provider):
     first = SandboxManager(data_dir, provider=provider)
     sandbox = first.sandbox_create("durable")["sandbox_id"]

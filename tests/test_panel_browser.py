@@ -1,7 +1,7 @@
 """The widget panel in a real browser: JupyterLab on loopback, driven by Chromium (Playwright).
 
 What a user does: show the panel in a notebook, leave it refreshing, reload
-the tab, stop a sandbox from it.  Needs /usr/bin/chromium and the
+the tab, pause and resume a sandbox from it, stop one.  Needs /usr/bin/chromium and the
 ``playwright`` package (test.sh installs both); skipped, saying why, without them.
 """
 
@@ -48,6 +48,22 @@ def test_the_panel_renders_again_after_a_reload_and_stop_asks_first(page, lab):
     assert "model not found" not in page.content().lower()
     assert output.get_by_text("Loading widget").count() == 0
     assert buttons.count() == count  # refreshes updated the rows; they made no new ones
+    # Pause changes the sandbox, and its row says so
+    row_buttons = output.locator(
+        f"xpath=//div[contains(@class, 'widget-html')][contains(., '{kept}')]"
+        "/following-sibling::div[contains(@class, 'widget-hbox')][1]"
+    )
+    row_buttons.locator("button", has_text="Pause").click()
+    deadline = time.monotonic() + 30
+    while nx.sandbox_status(kept)["status"] != "paused" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert nx.sandbox_status(kept)["status"] == "paused"
+    status = "/following-sibling::div[contains(@class, 'widget-html')][contains(., '{}')]"
+    row_html = f"xpath=//div[contains(@class, 'widget-html')][contains(., '{kept}')]"
+    output.locator(row_html + status.format("paused")).first.wait_for(timeout=10_000)
+    row_buttons.locator("button", has_text="Resume").click()
+    output.locator(row_html + status.format("active")).first.wait_for(timeout=10_000)
+    assert nx.sandbox_status(kept)["status"] == "active"
     # Stop asks before it destroys anything
     row_stop = output.locator(
         f"xpath=//div[contains(@class, 'widget-html')][contains(., '{doomed}')]"

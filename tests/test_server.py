@@ -442,6 +442,13 @@ def test_users_with_their_own_keys_see_and_touch_only_their_own_sandboxes(tmp_pa
         assert as_user("bob", "GET", "whoami").json() == {"user_id": "bob", "is_admin": False}
         admin_view = as_user("root", "GET", "sandboxes", params={"user": "alice"}).json()["sandboxes"]
         assert [r["sandbox_id"] for r in admin_view] == [mine["sandbox_id"]]
+        everyone = as_user("root", "GET", "sandboxes", params={"all_users": "1"}).json()["sandboxes"]
+        assert [(r["user_id"], r["name"]) for r in everyone] == [("alice", "alices")]
+        refused = as_user("bob", "GET", "sandboxes", params={"all_users": "1"})
+        assert (refused.status_code, refused.json()["message"]) == (
+            403,
+            "only admins can list every user's sandboxes (you are bob)",
+        )
         assert team.request("GET", "sandboxes", headers={"Authorization": "Bearer not-a-key-at-all"}).status_code == 403
         assert team.request("GET", "sandboxes", headers=team.headers()).status_code == 403  # Jupyter's token: no
         assert keys["alice"] not in team.log()

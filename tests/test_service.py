@@ -80,3 +80,22 @@ def test_a_user_holds_at_most_max_sandboxes_per_user_even_when_creates_race(data
     assert service.create(bob, "bobs").user_id == "bob"  # per user
     service.stop(alice, made[0].sandbox_id)
     assert service.create(alice, "after-a-stop").status is SandboxStatus.ACTIVE
+
+
+def test_a_sandbox_remembers_the_notebook_it_was_made_for_and_why_it_stopped(service):
+    alice, admin = Caller("alice"), Caller("ops", is_admin=True)
+    made = service.create(alice, "from-a-notebook", notebook="/home/alice/work/analysis.ipynb")
+    other = service.create(alice, "from-the-cli")
+    assert made.to_dict()["notebook"] == "/home/alice/work/analysis.ipynb"
+    assert "notebook" not in other.to_dict() and len(other.to_dict()) == 15  # the seed's record, unchanged
+    found = service.list_sandboxes(alice, {"notebook": "/home/alice/work/analysis.ipynb"})
+    assert [s.sandbox_id for s in found] == [made.sandbox_id]
+    assert [s.sandbox_id for s in service.list_sandboxes(admin, {"all_users": True})] == [
+        made.sandbox_id,
+        other.sandbox_id,
+    ]
+    stopped = service.stop(alice, made.sandbox_id)
+    assert stopped.stop_reason == "stopped" and "stop_reason" not in stopped.to_dict()
+    service.stop(alice, other.sandbox_id)
+    with pytest.raises(InvalidArgument, match="notebook"):
+        service.create(alice, "bad", notebook="x\0y")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import BROWSER_TESTS, start_lab
+from conftest import BROWSER_TESTS, destroy_everything_in, start_lab
 from nexus_jupyter import SandboxManager
 
 pytestmark = BROWSER_TESTS
@@ -20,9 +20,9 @@ pytestmark = BROWSER_TESTS
 SIDEBAR = "#nexus-sandboxes"
 
 
-def open_sidebar(page, lab):
+def open_sidebar(page, lab, prefix: str = ""):
     url, token, _ = lab
-    page.goto(f"{url}/lab?token={token}")
+    page.goto(f"{url}{prefix}/lab?token={token}")
     tab = page.locator('.jp-SideBar [data-id="nexus-sandboxes"]')
     tab.wait_for(timeout=60_000)
     sidebar = page.locator(SIDEBAR)
@@ -188,6 +188,47 @@ def test_a_sandboxs_metrics_are_drawn_live(page, lab):
     nx.sandbox_stop(sandbox)
 
 
+def notebook_with(path, *sources: str) -> None:
+    cells = [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
+             for source in sources]  # fmt: skip
+    kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    path.write_text(json.dumps({"cells": cells, "metadata": kernel, "nbformat": 4, "nbformat_minor": 5}))
+
+
+def test_a_notebooks_toolbar_shows_the_sandbox_its_cells_use_and_opens_its_row(page, lab):
+    url, token, data_dir = lab
+    nx = SandboxManager(data_dir)
+    notebook_with(data_dir.parent / "toolbar.ipynb", "%load_ext nexus_jupyter", "%%sandbox python\nprint('in the box')")
+    page.goto(f"{url}/lab/tree/toolbar.ipynb?token={token}")
+    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")  # other notebooks may be restored, hidden
+    state = notebook.locator(".jp-NexusNotebookSandbox-state")
+    state.wait_for(timeout=120_000)
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+    assert state.inner_text() == "none yet"
+    notebook.locator(".jp-Cell .cm-content").first.click()
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.press("Shift+Enter")
+    notebook.locator(".jp-OutputArea-output", has_text="in the box").wait_for(timeout=120_000)
+    page.wait_for_function("element => element.textContent === 'active'", arg=state.element_handle(), timeout=30_000)
+    [made] = [s for s in nx.sandbox_list()["sandboxes"] if s.get("notebook")]
+    assert made["notebook"] == str(data_dir.parent / "toolbar.ipynb")
+
+    # a click shows its row in the sidebar, which names the notebook
+    state.click()
+    sidebar = page.locator(SIDEBAR)
+    item = row(sidebar, made["sandbox_id"])
+    item.wait_for(state="visible", timeout=30_000)
+    assert "jp-mod-revealed" in item.get_attribute("class")
+    assert item.locator(".jp-NexusSandboxes-notebook").inner_text() == "toolbar.ipynb"
+
+    nx.sandbox_pause(made["sandbox_id"])
+    page.wait_for_function("element => element.textContent === 'paused'", arg=state.element_handle(), timeout=30_000)
+    nx.sandbox_resume(made["sandbox_id"])
+    nx.store.update(made["sandbox_id"], {"expires_at": time.time() - 1})  # its idle time ran out
+    nx.reap()
+    page.wait_for_function("element => element.textContent === 'expired'", arg=state.element_handle(), timeout=30_000)
+
+
 @pytest.fixture(scope="module")
 def lab_without_the_server_extension(tmp_path_factory):
     """JupyterLab with the nexus_jupyter server extension turned off (the lab extension still loads)."""
@@ -205,3 +246,46 @@ def test_without_the_server_extension_the_sidebar_says_how_to_enable_it(page, la
     message.wait_for(timeout=30_000)
     assert "server extension is not enabled" in message.inner_text()
     assert "jupyter server extension enable nexus_jupyter" in message.inner_text()
+
+
+@pytest.fixture(scope="module")
+def admins_lab_under_a_prefix(tmp_path_factory):
+    """JupyterLab under /nexus-prefix/, its owner an admin, the sidebar refreshing once an hour
+    (a user setting), so only the buttons refresh it."""
+    root = tmp_path_factory.mktemp("lab-prefix")
+    settings = root / "settings" / "nexus-jupyter"
+    settings.mkdir(parents=True)
+    (settings / "plugin.jupyterlab-settings").write_text(json.dumps({"refreshInterval": 3600}))
+    env = {"NEXUS_DATA_DIR": str(root / "data"), "JUPYTERLAB_SETTINGS_DIR": str(root / "settings")}
+    flags = ("--ServerApp.base_url=/nexus-prefix/", "--NexusSandboxApp.admin_users=root")
+    server, url, token = start_lab(root, env, *flags)
+    yield url, token, root / "data"
+    server.terminate()
+    server.wait(30)
+    destroy_everything_in(root / "data")
+
+
+def test_under_a_base_url_an_admin_sees_every_users_sandboxes_and_a_failed_action_says_why(
+    page, admins_lab_under_a_prefix
+):
+    _, _, data_dir = admins_lab_under_a_prefix
+    nx = SandboxManager(data_dir, user_id="root")
+    mine = nx.sandbox_create("mine")["sandbox_id"]
+    bobs = SandboxManager(data_dir, user_id="bob").sandbox_create("bobs")["sandbox_id"]
+    sidebar = open_sidebar(page, admins_lab_under_a_prefix, prefix="/nexus-prefix")
+    row(sidebar, mine).wait_for(timeout=30_000)
+    assert row(sidebar, bobs).count() == 0  # mine by default
+    sidebar.get_by_label("Whose sandboxes").select_option("all")
+    row(sidebar, bobs).wait_for(timeout=30_000)
+    assert row(sidebar, bobs).locator(".jp-NexusSandboxes-user").inner_text() == "bob"
+    sidebar.get_by_label("Whose sandboxes").select_option("mine")
+    row(sidebar, bobs).wait_for(state="detached", timeout=30_000)
+
+    # stopped behind the sidebar's back (it refreshes hourly): Pause fails and says why
+    nx.sandbox_stop(mine)
+    row(sidebar, mine).get_by_role("button", name="Pause").click()
+    error = sidebar.locator(".jp-NexusSandboxes-error")
+    error.wait_for(timeout=30_000)
+    assert error.inner_text().startswith("pause failed: "), error.inner_text()
+    assert "stopped" in error.inner_text(), error.inner_text()
+    row(sidebar, mine).wait_for(state="detached", timeout=30_000)  # the list read again after the failure
