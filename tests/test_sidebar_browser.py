@@ -173,9 +173,7 @@ def test_a_sandboxs_metrics_are_drawn_live(page, lab):
     open_section(page, sidebar, sandbox, "Metrics")
     metrics = row(sidebar, sandbox).locator(".jp-NexusSandboxes-metrics")
     cpu = metrics.locator('[data-metric="CPU"] .jp-NexusSandboxes-metricValue')
-    page.wait_for_function(
-        "element => /^[0-9]+%$/.test(element.textContent)", arg=cpu.element_handle(), timeout=30_000
-    )
+    page.wait_for_function("element => /^[0-9]+%$/.test(element.textContent)", arg=cpu.element_handle(), timeout=30_000)
     assert int(cpu.inner_text().rstrip("%")) >= 30, cpu.inner_text()  # the loop's core, as the box counts it
     memory = metrics.locator('[data-metric="Memory"] .jp-NexusSandboxes-metricValue').inner_text()
     assert memory.endswith("/ 1.0 GB") and "B /" in memory, memory  # used / the box's limit
