@@ -10,7 +10,7 @@ import { cpuPercent, formatBytes, IMetrics, sparklinePoints } from './model';
 
 const READ_EVERY_MS = 2000;
 const KEPT_READINGS = 30;
-const WIDTH = 90;
+const WIDTH = 60;
 const HEIGHT = 18;
 
 interface IReading {
@@ -19,14 +19,16 @@ interface IReading {
 }
 
 function Sparkline(props: { label: string; values: (number | null)[]; now: string; ceiling?: number }): JSX.Element {
-  const points = sparklinePoints(props.values, WIDTH, HEIGHT, props.ceiling);
+  const points = sparklinePoints(props.values, WIDTH, HEIGHT - 4, props.ceiling); // 2 px spare above and below
   return (
     <div className="jp-NexusSandboxes-metric" data-metric={props.label}>
       <span className="jp-NexusSandboxes-metricLabel">{props.label}</span>
       <svg width={WIDTH} height={HEIGHT} className="jp-NexusSandboxes-sparkline" aria-hidden="true">
-        {points && <polyline points={points} fill="none" strokeWidth="1.5" />}
+        {points && <polyline points={points} fill="none" strokeWidth="1.5" transform="translate(0, 2)" />}
       </svg>
-      <span className="jp-NexusSandboxes-metricValue">{props.now}</span>
+      <span className="jp-NexusSandboxes-metricValue" title={props.now}>
+        {props.now}
+      </span>
     </div>
   );
 }
