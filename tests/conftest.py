@@ -285,6 +285,19 @@ def lab(tmp_path_factory):
     destroy_everything_in(data_dir)  # the warm pool the kernel kept too (on, as for a user)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on its test (``item.report_call``): the page fixture keeps a failed
+    test's screenshot."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+# A failed browser test's page, kept for whoever reads the CI log.
+FAILED_PAGES_DIR = Path(os.environ.get("NEXUS_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+
+
 @pytest.fixture
 def page(lab, request, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -295,4 +308,10 @@ def page(lab, request, tmp_path):
         yield opened
         if os.environ.get("NEXUS_TEST_SCREENSHOTS"):
             opened.screenshot(path=os.path.join(os.environ["NEXUS_TEST_SCREENSHOTS"], request.node.name + ".png"))
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            FAILED_PAGES_DIR.mkdir(parents=True, exist_ok=True)
+            shot = FAILED_PAGES_DIR / f"{request.node.name}.png"
+            opened.screenshot(path=str(shot))
+            print(f"\nthe page as the test failed: {shot}")
         browser.close()
