@@ -131,17 +131,38 @@ class NexusHandler(ExtensionHandlerMixin, APIHandler):
             raise web.HTTPError(400, f"{name} must be 1 or 0, not {value!r}")
         return value in ("1", "true", "yes")
 
-    def record(self, record) -> dict:
-        """A sandbox's record; why it stopped (``stop_reason``); the notebook that made it as a
-        path under this server's root (``notebook_path``, as Lab names files) when it is there."""
-        data = record.to_dict()
-        if record.stop_reason:
-            data["stop_reason"] = record.stop_reason
-        if record.notebook:
-            root = os.path.join(self.serverapp.root_dir, "")
-            if record.notebook.startswith(root):
-                data["notebook_path"] = record.notebook[len(root) :].replace(os.sep, "/")
-        return data
+    async def records(self, records) -> list[dict]:
+        """Sandbox records, with what the sidebar needs beyond the CLI's: why one stopped
+        (``stop_reason``), the kernel whose default sandbox it is (``kernel_id``), and its
+        notebook as a path under this server's root (``notebook_path``, as Lab names files):
+        the kernel's notebook as this server's sessions know it now (a renamed notebook
+        keeps its sandbox), else the path the notebook had when it chose the sandbox."""
+        sessions = {}
+        if any(record.kernel_id for record in records):
+            try:
+                listed = await self.serverapp.session_manager.list_sessions()
+                sessions = {s["kernel"]["id"]: s["path"] for s in listed if s.get("kernel") and s.get("path")}
+            except Exception:  # no sessions here (or none readable): the stored path still serves
+                sessions = {}
+        root = os.path.join(os.path.normpath(self.serverapp.root_dir), "")
+        replies = []
+        for record in records:
+            data = record.to_dict()
+            if record.stop_reason:
+                data["stop_reason"] = record.stop_reason
+            if record.kernel_id:
+                data["kernel_id"] = record.kernel_id
+            if record.kernel_id in sessions:
+                data["notebook_path"] = sessions[record.kernel_id]
+            elif record.notebook:
+                notebook = os.path.normpath(record.notebook)
+                if notebook.startswith(root):
+                    data["notebook_path"] = notebook[len(root) :].replace(os.sep, "/")
+            replies.append(data)
+        return replies
+
+    async def record(self, record) -> dict:
+        return (await self.records([record]))[0]
 
     def reply(self, data, status: int = 200) -> None:
         self.set_status(status)
@@ -167,12 +188,9 @@ class SandboxesHandler(NexusHandler):
     async def get(self):
         context = {
             key: self.get_query_argument(key)
-            for key in ("user", "agent_id", "tenant_id", "name", "notebook")
+            for key in ("user", "agent_id", "tenant_id", "name", "notebook", "kernel_id")
             if self.get_query_argument(key, None)
         }
-        if self.get_query_argument("notebook_path", None):  # as Lab names it: under the server's root
-            relative = self.get_query_argument("notebook_path").lstrip("/")
-            context["notebook"] = os.path.join(self.serverapp.root_dir, *relative.split("/"))
         if self.flag("all_users"):
             context["all_users"] = True
         records = await self.call(
@@ -181,7 +199,7 @@ class SandboxesHandler(NexusHandler):
             verify_status=self.flag("verify"),
             include_stopped=self.flag("all"),
         )
-        self.reply({"sandboxes": [self.record(record) for record in records]})
+        self.reply({"sandboxes": await self.records(records)})
 
     @web.authenticated
     @authorized
@@ -194,7 +212,7 @@ class SandboxesHandler(NexusHandler):
             raise web.HTTPError(400, "allow_internet must be true or false")
         record = await self.call(self.app.service.create, body["name"], **options)
         self.set_header("Location", self.app.api_url("sandboxes", record.sandbox_id))
-        self.reply(self.record(record), status=201)
+        self.reply(await self.record(record), status=201)
 
 
 class SandboxHandler(NexusHandler):
@@ -203,7 +221,7 @@ class SandboxHandler(NexusHandler):
     @web.authenticated
     @authorized
     async def get(self, sandbox_id):
-        self.reply(self.record(await self.call(self.app.service.status, sandbox_id)))
+        self.reply(await self.record(await self.call(self.app.service.status, sandbox_id)))
 
 
 class ActionHandler(NexusHandler):
@@ -216,7 +234,21 @@ class ActionHandler(NexusHandler):
         operation = {"pause": self.app.service.pause, "resume": self.app.service.resume}.get(
             action, self.app.service.stop
         )
-        self.reply(self.record(await self.call(operation, sandbox_id)))
+        self.reply(await self.record(await self.call(operation, sandbox_id)))
+
+
+class AttachHandler(NexusHandler):
+    """``POST sandboxes/{id}/attach`` ``{kernel_id, notebook}``: make it a notebook kernel's default
+    sandbox (what the magics do when a notebook makes or chooses one)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, sandbox_id):
+        body = self.json_body(("kernel_id", "notebook"))
+        if not isinstance(body.get("kernel_id"), str):
+            raise web.HTTPError(400, "kernel_id is required (the body's 'kernel_id')")
+        record = await self.call(self.app.service.attach, sandbox_id, body["kernel_id"], body.get("notebook"))
+        self.reply(await self.record(record))
 
 
 class MetricsHandler(NexusHandler):
@@ -520,6 +552,7 @@ def route_table(prefix: str) -> list[tuple[str, type, dict] | tuple[str, type]]:
         (rf"{sandbox}/?", SandboxHandler),
         (rf"{sandbox}/(?P<action>pause|resume|stop)", ActionHandler),
         (rf"{sandbox}/run", RunHandler),
+        (rf"{sandbox}/attach", AttachHandler),
         (rf"{sandbox}/metrics", MetricsHandler),
         (rf"{sandbox}/files/?", FileListHandler),
         (rf"{sandbox}/files/(?P<path>.+)", FileHandler),

@@ -18,6 +18,7 @@ UsageError: one line, no traceback.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -189,6 +190,30 @@ class SandboxMagics(Magics):
         # notebook makes, so Lab's toolbar item finds them.
         return os.environ.get("JPY_SESSION_NAME") or None
 
+    @staticmethod
+    def _kernel_id() -> str | None:
+        # A kernel started by Jupyter server has its id in its connection file's name; Lab's
+        # toolbar item knows the same id, so it finds this notebook's sandbox after a rename.
+        try:
+            from ipykernel.connect import get_connection_file
+
+            name = os.path.basename(get_connection_file())
+        except Exception:  # not in a kernel (plain IPython)
+            return None
+        found = re.fullmatch(r"kernel-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.json", name)
+        return found.group(1) if found else None
+
+    def _choose(self, sandbox_id: str) -> None:
+        """Make it the sandbox %%sandbox cells use, and say so in the store for Lab's toolbar."""
+        changed = sandbox_id != self.current
+        self.current = sandbox_id
+        kernel = self._kernel_id()
+        if changed and kernel:
+            try:
+                self.manager.sandbox_attach(sandbox_id, kernel, self._notebook_path())
+            except SandboxError:
+                pass  # only the toolbar's label is missed: the cell itself goes on
+
     def _notebook_sandbox_name(self) -> str:
         # The notebook's path where the server gives it: a restarted kernel finds its sandbox again.
         session = self._notebook_path()
@@ -210,7 +235,7 @@ class SandboxMagics(Magics):
             newest = live[-1]
             if newest["status"] == "paused":
                 raise UsageError(f"this notebook's sandbox {newest['sandbox_id']} is paused: run %sandbox resume")
-            self.current = newest["sandbox_id"]
+            self._choose(newest["sandbox_id"])
         else:
             record = self.manager.sandbox_create(
                 name,
@@ -219,7 +244,7 @@ class SandboxMagics(Magics):
                 provider=provider or self.default_provider,
                 notebook=self._notebook_path(),
             )
-            self.current = record["sandbox_id"]
+            self._choose(record["sandbox_id"])
         return self.current
 
     # ---- %%sandbox and %sandbox
@@ -310,7 +335,7 @@ class SandboxMagics(Magics):
             provider=args.provider or self.default_provider,
             notebook=self._notebook_path(),
         )
-        self.current = record["sandbox_id"]
+        self._choose(record["sandbox_id"])
         print(
             f"Created sandbox {record['sandbox_id']} ({printable(record['name'])}, {record['provider']}): "
             "the default for %%sandbox cells now"
@@ -341,7 +366,7 @@ class SandboxMagics(Magics):
         record = self.manager.sandbox_status(args.sandbox)
         if record["status"] != "active":
             raise UsageError(f"Sandbox {record['sandbox_id']} is {record['status']}")
-        self.current = record["sandbox_id"]
+        self._choose(record["sandbox_id"])
         print(f"%%sandbox cells now run in {record['sandbox_id']} ({printable(record['name'])})")
 
     def _verb_upload(self, args):

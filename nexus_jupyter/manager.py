@@ -193,6 +193,10 @@ class SandboxManager:
         records = self.service.list_sandboxes(self.caller, context, verify_status, include_stopped)
         return {"sandboxes": [record.to_dict() for record in records]}
 
+    def sandbox_attach(self, sandbox_id: str, kernel_id: str, notebook: str | None = None) -> dict:
+        """Make it the default sandbox of a notebook's kernel (see ``SandboxService.attach``)."""
+        return self.service.attach(self.caller, sandbox_id, kernel_id, notebook).to_dict()
+
     def sandbox_metrics(self, sandbox_id: str) -> dict:
         """What the sandbox uses now: cpu_seconds, memory_bytes, memory_peak_bytes,
         memory_limit_bytes, processes, disk_used_bytes, disk_limit_bytes (None: not counted)."""

@@ -87,6 +87,7 @@ class Sandbox(_Model):
         "agent_id",
         "created_at",
         "expires_at",
+        "kernel_id",
         "last_active_at",
         "name",
         "notebook",
@@ -104,7 +105,7 @@ class Sandbox(_Model):
         "user_id",
         "verified",
     )
-    _defaults: ClassVar[dict] = {"verified": None, "provider_status": None, "notebook": None, "stop_reason": None}
+    _defaults: ClassVar[dict] = dict.fromkeys(("verified", "provider_status", "notebook", "kernel_id", "stop_reason"))
     sandbox_id: str
     name: str
     user_id: str
@@ -120,8 +121,10 @@ class Sandbox(_Model):
     ttl_minutes: int
     expires_at: float | None
     uptime_seconds: float
-    # The notebook whose ``%%sandbox`` cells made it (its path on the server), when one did.
+    # The notebook whose ``%%sandbox`` cells made or chose it (its path on the server), when one
+    # did, and the kernel whose default sandbox it is now (not in ``to_dict``; the REST API adds it).
     notebook: str | None
+    kernel_id: str | None
     # Why it stopped ("stopped", "expired", "vanished", "create failed: ..."): not in ``to_dict``
     # (the seed's record has no such field); the REST API adds it.
     stop_reason: str | None
@@ -150,6 +153,7 @@ class Sandbox(_Model):
             expires_at=row.get("expires_at"),
             uptime_seconds=round(max(end - row["created_at"], 0.0), 3),
             notebook=row.get("notebook"),
+            kernel_id=row.get("kernel_id"),
             stop_reason=row.get("stop_reason") if row["status"] in ("stopped", "failed") else None,
         )
 

@@ -250,6 +250,10 @@ class RemoteService:
                 query["user" if key == "user_id" else key] = int(value) if isinstance(value, bool) else value
         return [Sandbox.from_dict(r) for r in self._json("GET", "/sandboxes", query=query)["sandboxes"]]
 
+    def attach(self, caller, sandbox_id: str, kernel_id: str, notebook: str | None = None) -> Sandbox:
+        body = {"kernel_id": kernel_id, **({"notebook": notebook} if notebook is not None else {})}
+        return Sandbox.from_dict(self._json("POST", f"/sandboxes/{self._id(sandbox_id)}/attach", body))
+
     def metrics(self, caller, sandbox_id: str) -> Metrics:
         return Metrics.from_dict(self._json("GET", f"/sandboxes/{self._id(sandbox_id)}/metrics"))
 

@@ -479,6 +479,17 @@ class SandboxService:
         return self._record(row["sandbox_id"])
 
     # ---- reading
+    def attach(self, caller: Caller, sandbox_id: str, kernel_id: str, notebook: str | None = None) -> Sandbox:
+        """Record that a notebook's kernel now runs its ``%%sandbox`` cells in this sandbox
+        (the magics call it): Lab's notebook toolbar finds it by the kernel's id, whatever
+        the notebook is called since.  The previous sandbox of that kernel is no longer named."""
+        check_text(kernel_id, "kernel_id", max_length=200)
+        if notebook is not None:
+            check_text(notebook, "notebook", max_length=4096)
+        row = self._resolve(caller, sandbox_id, include_stopped=False)
+        self.store.attach_kernel(row["sandbox_id"], row["user_id"], kernel_id, notebook)
+        return self._record(row["sandbox_id"])
+
     def status(self, caller: Caller, sandbox_id: str) -> Sandbox:
         """The sandbox's 15-field record."""
         self._expire_for_read()
@@ -493,8 +504,8 @@ class SandboxService:
     ) -> list[Sandbox]:
         """The caller's sandboxes (all users' filtered ones for admins).
 
-        ``context`` may hold ``user`` (or ``user_id``), ``agent_id``, ``tenant_id``, ``name``
-        and ``notebook``; ``all_users`` (admins only) lists every user's.
+        ``context`` may hold ``user`` (or ``user_id``), ``agent_id``, ``tenant_id``, ``name``,
+        ``notebook`` and ``kernel_id``; ``all_users`` (admins only) lists every user's.
         With ``verify_status`` each record gains ``verified`` and ``provider_status``
         and rows whose box vanished are corrected.
         """
@@ -509,6 +520,7 @@ class SandboxService:
         rows = self.store.select(
             user_id=None if every_user else user or caller.user_id,
             notebook=context.get("notebook"),
+            kernel_id=context.get("kernel_id"),
             agent_id=context.get("agent_id"),
             tenant_id=context.get("tenant_id"),
             name=context.get("name"),

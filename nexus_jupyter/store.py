@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 2  # 2: the notebook a sandbox was made for
+SCHEMA_VERSION = 2  # 2: the notebook and kernel whose default sandbox it is
 BUSY_TIMEOUT_SECONDS = 30.0
 
 JSON_FIELDS = ("options", "provider_state")
@@ -63,13 +63,15 @@ def _migrate(conn: sqlite3.Connection) -> None:
             "provider_state": str,
             "stop_reason": str,
             "notebook": str,
+            "kernel_id": str,
         },
         pk="sandbox_id",
         not_null={"name", "user_id", "tenant_id", "provider", "status", "created_at", "ttl_minutes"},
         if_not_exists=True,
     )
-    if "notebook" not in sandboxes.columns_dict:  # a schema 1 store: its rows have none
-        sandboxes.add_column("notebook", str)
+    for column in ("notebook", "kernel_id"):  # a schema 1 store: its rows have none
+        if column not in sandboxes.columns_dict:
+            sandboxes.add_column(column, str)
     sandboxes.create_index(["user_id", "status"], if_not_exists=True)
     sandboxes.create_index(["status", "expires_at"], if_not_exists=True)
     sandboxes.create_index(["name"], if_not_exists=True)
@@ -173,6 +175,25 @@ class Store:
         )
         return cursor.rowcount == 1
 
+    def attach_kernel(self, sandbox_id: str, user_id: str, kernel_id: str, notebook: str | None) -> None:
+        """Make ``sandbox_id`` the one sandbox of ``user_id`` that names ``kernel_id`` (the default
+        sandbox of that kernel's notebook); another user's rows are never touched."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "UPDATE sandboxes SET kernel_id = NULL WHERE kernel_id = ? AND user_id = ? AND sandbox_id != ?",
+                [kernel_id, user_id, sandbox_id],
+            )
+            conn.execute(
+                "UPDATE sandboxes SET kernel_id = ?, notebook = coalesce(?, notebook) WHERE sandbox_id = ?",
+                [kernel_id, notebook, sandbox_id],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     def update(self, sandbox_id: str, fields: dict, expect_status: Iterable[str] | None = None) -> bool:
         """Set ``fields``; with ``expect_status``, only if the row is in one of those states.
 
@@ -213,12 +234,14 @@ class Store:
         provider: str | None = None,
         name: str | None = None,
         notebook: str | None = None,
+        kernel_id: str | None = None,
         include_stopped: bool = False,
     ) -> list[dict]:
         clauses, params = [], []
         for column, value in (
             ("name", name),
             ("notebook", notebook),
+            ("kernel_id", kernel_id),
             ("user_id", user_id),
             ("agent_id", agent_id),
             ("tenant_id", tenant_id),

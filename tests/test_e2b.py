@@ -114,7 +114,11 @@ def change_plan(e2b, key: str, *, pause: bool) -> None:
     ("plan", "expected"),
     [
         ("busy", "Error: E2B is busy and could not create a sandbox: try again shortly"),
-        ("garbled", "Error: E2B could not create a sandbox: JSONDecodeError: "),  # the catch-all
+        (
+            "garbled",
+            "Error: E2B could not create a sandbox: its answer was not what E2B sends (a proxy or an outage page?): "
+            "JSONDecodeError: ",
+        ),
     ],
     ids=["busy", "unreadable-answer"],
 )

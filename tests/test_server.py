@@ -167,6 +167,36 @@ def test_create_status_list_run_stop_answer_the_clis_json(server):
     assert [r["status"] for r in everything if r["sandbox_id"] == sandbox_id] == ["stopped"]
 
 
+def test_a_notebooks_kernel_names_its_sandbox_and_records_give_the_notebook_as_lab_names_it(server):
+    root = server.root
+    inside = server.request("POST", "sandboxes", json={"name": "nb", "notebook": str(root / "work" / "a.ipynb")}).json()
+    outside = server.request("POST", "sandboxes", json={"name": "far", "notebook": "/elsewhere/b.ipynb"}).json()
+    assert (inside["notebook"], inside["notebook_path"]) == (str(root / "work" / "a.ipynb"), "work/a.ipynb")
+    assert outside["notebook"] == "/elsewhere/b.ipynb" and "notebook_path" not in outside
+    sneaky = server.request("POST", "sandboxes", json={"name": "up", "notebook": f"{root}/../x.ipynb"}).json()
+    assert "notebook_path" not in sneaky  # ".." leaves the root: no path under it is made up
+
+    kernel = "5b0e9a53-2f44-4c55-8d8e-0c0a1b2c3d4e"
+    attached = server.request("POST", f"sandboxes/{inside['sandbox_id']}/attach", json={"kernel_id": kernel})
+    assert attached.status_code == 200 and attached.json()["kernel_id"] == kernel
+    assert not schema_errors(attached.json(), "Sandbox")
+    mine = server.request("GET", "sandboxes", params={"kernel_id": kernel}).json()["sandboxes"]
+    assert [r["sandbox_id"] for r in mine] == [inside["sandbox_id"]]
+    # %sandbox use: the kernel's cells move to another sandbox, which the lookup then finds
+    server.request("POST", f"sandboxes/{outside['sandbox_id']}/attach", json={"kernel_id": kernel})
+    mine = server.request("GET", "sandboxes", params={"kernel_id": kernel}).json()["sandboxes"]
+    assert [r["sandbox_id"] for r in mine] == [outside["sandbox_id"]]
+    assert "kernel_id" not in server.request("GET", f"sandboxes/{inside['sandbox_id']}").json()
+
+    missing = server.request("POST", f"sandboxes/{inside['sandbox_id']}/attach", json={"notebook": "/x"})
+    assert (missing.status_code, missing.json()["message"]) == (400, "kernel_id is required (the body's 'kernel_id')")
+    for record in (inside, outside, sneaky):
+        server.request("POST", f"sandboxes/{record['sandbox_id']}/stop")
+    stopped = server.request("POST", f"sandboxes/{inside['sandbox_id']}/attach", json={"kernel_id": kernel})
+    assert stopped.status_code == 409, stopped.text
+    assert server.request("GET", f"sandboxes/{inside['sandbox_id']}").json()["stop_reason"] == "stopped"
+
+
 def test_a_run_streams_each_line_as_it_is_printed_and_ends_with_the_error(server, sandbox):
     code = "import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('second', flush=True)\n1/0"
     arrived = {}

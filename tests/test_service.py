@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nexus_jupyter import InvalidArgument, SandboxManager, SandboxNotFound
+from nexus_jupyter import InvalidArgument, PermissionDenied, SandboxManager, SandboxNotFound
 from nexus_jupyter.models import FileEntry, RunResult, Sandbox, SandboxStatus
 from nexus_jupyter.service import Caller, SandboxService
 
@@ -94,6 +94,22 @@ def test_a_sandbox_remembers_the_notebook_it_was_made_for_and_why_it_stopped(ser
         made.sandbox_id,
         other.sandbox_id,
     ]
+    with pytest.raises(PermissionDenied):
+        service.list_sandboxes(alice, {"all_users": True})
+    # a notebook's kernel names one sandbox of its user at a time, whatever anyone else names
+    kernel = "0f6c2a0e-4d4b-4e0b-9a8e-3d1c2b4a5f60"
+    mallory = service.create(Caller("mallory"), "mallorys")
+    service.attach(Caller("mallory"), mallory.sandbox_id, kernel, "/home/alice/work/analysis.ipynb")
+    service.attach(alice, made.sandbox_id, kernel, "/home/alice/work/analysis.ipynb")
+    assert service.status(alice, made.sandbox_id).kernel_id == kernel
+    service.attach(alice, other.sandbox_id, kernel, "/home/alice/work/renamed.ipynb")  # %sandbox use
+    assert service.status(alice, made.sandbox_id).kernel_id is None
+    assert [s.sandbox_id for s in service.list_sandboxes(alice, {"kernel_id": kernel})] == [other.sandbox_id]
+    assert service.status(alice, other.sandbox_id).notebook == "/home/alice/work/renamed.ipynb"
+    assert service.status(Caller("mallory"), mallory.sandbox_id).kernel_id == kernel  # not alice's to clear
+    with pytest.raises(SandboxNotFound):
+        service.attach(alice, mallory.sandbox_id, kernel)  # nor hers to take
+    service.stop(Caller("mallory"), mallory.sandbox_id)
     stopped = service.stop(alice, made.sandbox_id)
     assert stopped.stop_reason == "stopped" and "stop_reason" not in stopped.to_dict()
     service.stop(alice, other.sandbox_id)

@@ -196,28 +196,42 @@ def notebook_with(path, *sources: str) -> None:
 def test_a_notebooks_toolbar_shows_the_sandbox_its_cells_use_and_opens_its_row(page, lab):
     url, token, data_dir = lab
     nx = SandboxManager(data_dir)
+    unrelated = nx.sandbox_create("not-this-notebooks")["sandbox_id"]
     notebook_with(data_dir.parent / "toolbar.ipynb", "%load_ext nexus_jupyter", "%%sandbox python\nprint('in the box')")
     page.goto(f"{url}/lab/tree/toolbar.ipynb?token={token}")
     notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")  # other notebooks may be restored, hidden
     state = notebook.locator(".jp-NexusNotebookSandbox-state")
     state.wait_for(timeout=120_000)
     page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+    sidebar = page.locator(SIDEBAR)
+    if not sidebar.is_visible():
+        page.locator('.jp-SideBar [data-id="nexus-sandboxes"]').click()
+    row(sidebar, unrelated).wait_for(timeout=30_000)  # the list was read: another sandbox is not this one's
     assert state.inner_text() == "none yet"
-    notebook.locator(".jp-Cell .cm-content").first.click()
-    page.keyboard.press("Shift+Enter")
-    page.keyboard.press("Shift+Enter")
+    notebook.locator(".jp-Cell").first.click()  # the notebook is the current widget: Run acts on it
+    page.locator(".lm-MenuBar-item", has_text="Run").click()
+    page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
     notebook.locator(".jp-OutputArea-output", has_text="in the box").wait_for(timeout=120_000)
     page.wait_for_function("element => element.textContent === 'active'", arg=state.element_handle(), timeout=30_000)
     [made] = [s for s in nx.sandbox_list()["sandboxes"] if s.get("notebook")]
     assert made["notebook"] == str(data_dir.parent / "toolbar.ipynb")
-
-    # a click shows its row in the sidebar, which names the notebook
-    state.click()
-    sidebar = page.locator(SIDEBAR)
     item = row(sidebar, made["sandbox_id"])
+    item.locator(".jp-NexusSandboxes-notebook", has_text="toolbar.ipynb").wait_for(timeout=30_000)
+
+    # renamed, the notebook keeps its sandbox: the item follows the kernel, the row the new name
+    page.locator(".lm-TabBar-tab", has_text="toolbar.ipynb").click(button="right")
+    page.locator(".lm-Menu-item", has_text="Rename Notebook").click()
+    page.locator(".jp-Dialog input").fill("renamed.ipynb")
+    page.keyboard.press("Enter")
+    page.locator(".lm-TabBar-tab", has_text="renamed.ipynb").wait_for(timeout=30_000)
+    item.locator(".jp-NexusSandboxes-notebook", has_text="renamed.ipynb").wait_for(timeout=30_000)
+    assert state.inner_text() == "active"
+
+    # a click shows its row in the sidebar
+    sidebar.get_by_role("button", name="Refresh").click()  # the sidebar may be closed or open: a click opens it
+    state.click()
     item.wait_for(state="visible", timeout=30_000)
     assert "jp-mod-revealed" in item.get_attribute("class")
-    assert item.locator(".jp-NexusSandboxes-notebook").inner_text() == "toolbar.ipynb"
 
     nx.sandbox_pause(made["sandbox_id"])
     page.wait_for_function("element => element.textContent === 'paused'", arg=state.element_handle(), timeout=30_000)
@@ -225,6 +239,7 @@ def test_a_notebooks_toolbar_shows_the_sandbox_its_cells_use_and_opens_its_row(p
     nx.store.update(made["sandbox_id"], {"expires_at": time.time() - 1})  # its idle time ran out
     nx.reap()
     page.wait_for_function("element => element.textContent === 'expired'", arg=state.element_handle(), timeout=30_000)
+    nx.sandbox_stop(unrelated)
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ export async function requestAPI<T>(path: string, init: RequestInit = {}): Promi
 export interface IListQuery {
   includeStopped?: boolean;
   allUsers?: boolean; // admins only (the API answers 403 to others)
-  notebookPath?: string; // those a notebook made (its path as Lab names it)
+  kernelId?: string; // the one a notebook's kernel uses by default
 }
 
 export async function listSandboxes(query: IListQuery = {}): Promise<ISandbox[]> {
@@ -72,8 +72,8 @@ export async function listSandboxes(query: IListQuery = {}): Promise<ISandbox[]>
   if (query.allUsers) {
     params.set('all_users', '1');
   }
-  if (query.notebookPath) {
-    params.set('notebook_path', query.notebookPath);
+  if (query.kernelId) {
+    params.set('kernel_id', query.kernelId);
   }
   const search = params.toString();
   const answer = await requestAPI<{ sandboxes: ISandbox[] }>(`sandboxes${search ? `?${search}` : ''}`);

@@ -38,11 +38,18 @@ export function SandboxFiles(props: { sandboxId: string }): JSX.Element {
   const [note, setNote] = React.useState('');
   const [dragging, setDragging] = React.useState(false);
   const home = React.useRef<string | null>(null);
+  const shown = React.useRef('.'); // the directory shown, or being opened
+  const asked = React.useRef(0);
   const chooser = React.useRef<HTMLInputElement>(null);
 
   const open = async (target: string) => {
+    const question = ++asked.current;
+    shown.current = target;
     try {
       const listed = await listFiles(props.sandboxId, target);
+      if (question !== asked.current) {
+        return; // another directory was opened meanwhile
+      }
       if (target === '.') {
         home.current = homeOf(listed) ?? home.current;
       }
@@ -50,7 +57,9 @@ export function SandboxFiles(props: { sandboxId: string }): JSX.Element {
       setDirectory(target);
       setError('');
     } catch (failure) {
-      setError(message(failure));
+      if (question === asked.current) {
+        setError(message(failure));
+      }
     }
   };
 
@@ -75,10 +84,11 @@ export function SandboxFiles(props: { sandboxId: string }): JSX.Element {
   };
 
   const upload = async (files: File[]) => {
+    const into = shown.current; // where the files were dropped, whatever is opened meanwhile
     for (const file of files) {
       setNote(`uploading ${file.name}…`);
       try {
-        const written = await writeFile(props.sandboxId, joinPath(directory, file.name), file);
+        const written = await writeFile(props.sandboxId, joinPath(into, file.name), file);
         setNote(`uploaded ${relativeTo(home.current, written.path)} (${formatBytes(written.size)})`);
         setError('');
       } catch (failure) {
@@ -87,7 +97,9 @@ export function SandboxFiles(props: { sandboxId: string }): JSX.Element {
         break;
       }
     }
-    await open(directory);
+    if (shown.current === into) {
+      await open(into);
+    }
   };
 
   return (

@@ -23,8 +23,9 @@ export interface ISandbox {
   expires_at: string | null;
   uptime_seconds: number;
   stop_reason?: string; // why a stopped one stopped: stopped, expired, vanished, create failed: …
-  notebook?: string; // the notebook whose %%sandbox cells made it (absolute path on the server)
-  notebook_path?: string; // the same, as Lab names it (under the server's root)
+  notebook?: string; // the notebook whose %%sandbox cells made or chose it (absolute path on the server)
+  notebook_path?: string; // that notebook as Lab names it now (under the server's root)
+  kernel_id?: string; // the notebook kernel whose %%sandbox cells use it by default
 }
 
 /** One entry of `GET sandboxes/{id}/files?path=`. */

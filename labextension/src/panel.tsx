@@ -40,8 +40,8 @@ export class SandboxesPanel extends ReactWidget {
     this.id = 'nexus-sandboxes';
     this.addClass('jp-NexusSandboxes');
     this.confirmStop = options.confirmStop;
-    list.changed.connect(() => this.update(), this);
-    list.addViewer(() => this.isVisible);
+    list.changed.connect(this.update, this);
+    this._stopWatching = list.addViewer(() => this.isVisible);
   }
 
   confirmStop: boolean;
@@ -107,6 +107,8 @@ export class SandboxesPanel extends ReactWidget {
 
   dispose(): void {
     window.clearInterval(this._ticker);
+    this._stopWatching();
+    this.list.changed.disconnect(this.update, this);
     super.dispose();
   }
 
@@ -241,7 +243,9 @@ export class SandboxesPanel extends ReactWidget {
                   </div>
                   {this.isOpen(sandbox.sandbox_id, 'console') && <SandboxConsole sandboxId={sandbox.sandbox_id} />}
                   {this.isOpen(sandbox.sandbox_id, 'files') && <SandboxFiles sandboxId={sandbox.sandbox_id} />}
-                  {this.isOpen(sandbox.sandbox_id, 'metrics') && <SandboxMetrics sandboxId={sandbox.sandbox_id} />}
+                  {this.isOpen(sandbox.sandbox_id, 'metrics') && (
+                    <SandboxMetrics sandboxId={sandbox.sandbox_id} shown={() => this.isVisible} />
+                  )}
                 </li>
               );
             })}
@@ -256,4 +260,5 @@ export class SandboxesPanel extends ReactWidget {
   private _open = new Set<string>(); // "sandboxId/section" open under rows
   private _revealed = '';
   private _ticker = 0;
+  private _stopWatching: () => void;
 }

@@ -20,7 +20,7 @@ export class SandboxList {
     this._options = { ...options };
     this._poll = new Poll({
       factory: () => this.refresh(),
-      frequency: { interval: options.refreshSeconds * 1000, backoff: true, max: 60 * 1000 },
+      frequency: SandboxList._frequency(options.refreshSeconds),
       name: 'nexus-jupyter:sandboxes',
       standby: () => ![...this._viewers].some(shown => shown()) || 'when-hidden'
     });
@@ -44,6 +44,11 @@ export class SandboxList {
     return this._options;
   }
 
+  /** Who the list is for (known after the first read). */
+  get userId(): string {
+    return this._userId;
+  }
+
   /** Whether the user may list every user's sandboxes (known after the first read). */
   get isAdmin(): boolean {
     return this._isAdmin;
@@ -56,7 +61,7 @@ export class SandboxList {
   configure(options: Partial<IListOptions>): void {
     this._options = { ...this._options, ...options };
     if (options.refreshSeconds) {
-      this._poll.frequency = { ...this._poll.frequency, interval: options.refreshSeconds * 1000 };
+      this._poll.frequency = SandboxList._frequency(options.refreshSeconds);
     }
     void this._poll.refresh();
   }
@@ -68,10 +73,13 @@ export class SandboxList {
     return () => this._viewers.delete(shown);
   }
 
-  /** The newest live sandbox a notebook made (``path`` as Lab names it). */
-  ofNotebook(path: string): ISandbox | undefined {
-    const made = this._sandboxes.filter(item => item.notebook_path === path && item.status !== 'stopped');
-    return made[made.length - 1];
+  /** The user's sandbox that a notebook's kernel uses by default, if the list holds it. */
+  ofKernel(kernelId: string | undefined): ISandbox | undefined {
+    if (!kernelId) {
+      return undefined;
+    }
+    // the user's own only: anyone may name any kernel id on their own sandboxes
+    return this._sandboxes.find(item => item.kernel_id === kernelId && item.user_id === this._userId);
   }
 
   /** Read the list now (also what the Poll calls; a failure makes it back off). */
@@ -79,15 +87,24 @@ export class SandboxList {
     try {
       if (this._whoami === null) {
         this._whoami = whoAmI().then(
-          answer => (this._isAdmin = answer.is_admin),
+          answer => {
+            this._isAdmin = answer.is_admin;
+            this._userId = answer.user_id;
+          },
           () => (this._whoami = null) // asked again next time
         );
       }
       await this._whoami;
-      this._sandboxes = await listSandboxes({
+      const asked = ++this._asked;
+      const sandboxes = await listSandboxes({
         includeStopped: this._options.showStopped,
         allUsers: this._options.allUsers && this._isAdmin
       });
+      if (asked < this._answered) {
+        return; // a newer read (a button's, or after the filter changed) already answered
+      }
+      this._answered = asked;
+      this._sandboxes = sandboxes;
       this._readAt = Date.now();
       this._error = '';
     } catch (error) {
@@ -96,6 +113,11 @@ export class SandboxList {
       throw error;
     }
     this._changed.emit();
+  }
+
+  private static _frequency(seconds: number) {
+    const interval = seconds * 1000;
+    return { interval, backoff: true, max: Math.max(60 * 1000, interval) }; // Poll refuses interval > max
   }
 
   dispose(): void {
@@ -109,6 +131,9 @@ export class SandboxList {
   private _readAt = 0;
   private _error = '';
   private _isAdmin = false;
+  private _userId = '';
+  private _asked = 0;
+  private _answered = 0;
   private _whoami: Promise<unknown> | null = null;
   private _viewers = new Set<() => boolean>();
   private _changed = new Signal<this, void>(this);

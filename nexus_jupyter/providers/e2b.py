@@ -148,6 +148,11 @@ class E2BProvider(Provider):
             if refused is not None and status in (403, 501):
                 raise refused from None
             raise SandboxError(f"E2B could not {doing}: {first_line(exc)}") from None
+        except ValueError as exc:  # JSONDecodeError and kin: the SDK read an answer that is not E2B's JSON
+            raise SandboxError(
+                f"E2B could not {doing}: its answer was not what E2B sends (a proxy or an outage page?): "
+                f"{type(exc).__name__}: {first_line(exc)}"
+            ) from None
         except Exception as exc:  # the SDK's own (a Connect error, an odd body): still one line
             raise SandboxError(f"E2B could not {doing}: {type(exc).__name__}: {first_line(exc)}") from None
 
