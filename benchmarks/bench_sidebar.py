@@ -7,7 +7,8 @@ Prints medians (ms):
   store, beside Jupyter's own cheapest API call (``/api/status``) and the file browser's
   poll (``/api/contents``, a directory of 10 files), same server, same session;
 - a click on a row's Pause (and then Resume) in Chromium until the row shows the new status,
-  beside the same REST call from Python;
+  beside the same REST call from Python and a click that makes no request (the row's menu
+  opening: what Playwright's click and wait cost by themselves);
 - a sandbox made by the CLI until its row appears in the open sidebar (the poll's interval,
   5 s by default, bounds it), beside the CLI call itself.
 Needs Chromium (/usr/bin/chromium) and Playwright.  Not a test.
@@ -122,7 +123,7 @@ def bench_clicks(repeat: int) -> None:
                 started = time.perf_counter()
                 assert session.post(f"{server.api}/sandboxes/{sandbox}/{action}", timeout=60).ok
                 rest[action].append(time.perf_counter() - started)
-        clicks = {"pause": [], "resume": []}
+        clicks = {"pause": [], "resume": [], "menu": []}
         appear, cli = [], []
         try:
             with sync_playwright() as playwright:
@@ -145,6 +146,13 @@ def bench_clicks(repeat: int) -> None:
                         button.click()
                         status.wait_for(timeout=60_000)
                         clicks[action].append(time.perf_counter() - started)
+                for _ in range(repeat):  # Playwright's own floor: a click, and a wait for what it shows
+                    started = time.perf_counter()
+                    row.get_by_role("button", name="More actions").click()
+                    page.locator(".jp-NexusSandboxes-menu").wait_for(timeout=60_000)
+                    clicks["menu"].append(time.perf_counter() - started)
+                    page.keyboard.press("Escape")
+                    page.locator(".jp-NexusSandboxes-menu").wait_for(state="detached", timeout=60_000)
                 env = {**os.environ, "NEXUS_DATA_DIR": str(data_dir), "NEXUS_USER": USER}
                 for i in range(max(3, repeat // 6)):
                     started = time.perf_counter()
@@ -168,7 +176,8 @@ def bench_clicks(repeat: int) -> None:
         for action in ("pause", "resume"):
             print(
                 f"  {action.capitalize():<38} {median_ms(clicks[action]):>7}   "
-                f"the REST call alone {median_ms(rest[action])}"
+                f"the REST call alone {median_ms(rest[action])}; a click opening the row's menu "
+                f"(no request) {median_ms(clicks['menu'])}"
             )
         print(
             f"  {'CLI create until its row appears':<38} {median_ms(appear):>7}   "

@@ -65,14 +65,15 @@ export class SandboxesPanel extends ReactWidget {
     this._busy.add(sandboxId);
     this.update();
     try {
-      await sandboxAction(sandboxId, action);
+      const record = await sandboxAction(sandboxId, action);
       this._error = '';
+      this._busy.delete(sandboxId);
+      this.list.put(record); // the row changes now, not at the next read
     } catch (error) {
       this._error = `${action} failed: ${error instanceof ApiError ? error.message : error}`;
-    } finally {
       this._busy.delete(sandboxId);
+      await this.refresh(); // what is true now, for the message to make sense
     }
-    await this.refresh();
   }
 
   /** Open (or close) a section under a sandbox's row. */

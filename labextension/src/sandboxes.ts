@@ -82,6 +82,19 @@ export class SandboxList {
     return this._sandboxes.find(item => item.kernel_id === kernelId && item.user_id === this._userId);
   }
 
+  /** Show an action's answer at once (the next read confirms it): a stopped sandbox leaves the
+   * list unless stopped ones are shown. */
+  put(record: ISandbox): void {
+    const kept = this._sandboxes.filter(item => item.sandbox_id !== record.sandbox_id);
+    const index = this._sandboxes.findIndex(item => item.sandbox_id === record.sandbox_id);
+    if (record.status !== 'stopped' || this._options.showStopped) {
+      kept.splice(index < 0 ? kept.length : index, 0, record);
+    }
+    this._sandboxes = kept;
+    this._answered = ++this._asked; // a read already under way may predate the action: ignored
+    this._changed.emit();
+  }
+
   /** Read the list now (also what the Poll calls; a failure makes it back off). */
   async refresh(): Promise<void> {
     try {
