@@ -8,6 +8,7 @@ cd "$(dirname "$0")"
 ./setup.sh --no-demo
 scripts/ensure-docker.sh
 scripts/ensure-browser.sh
+scripts/ensure-postgres.sh
 PYTHON=${PYTHON:-python3}
 # The JupyterLab extension's own checks: its TypeScript linted and formatted, its logic unit-tested
 # (jest). The build hook of `pip install -e .` (setup.sh) installed its node_modules.

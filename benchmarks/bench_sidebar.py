@@ -28,7 +28,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
+from bench_store import fill
 from jupyter_servers import JupyterServer
 
 from nexus_jupyter import SandboxManager
@@ -40,30 +42,6 @@ CHROMIUM = "/usr/bin/chromium"
 
 def median_ms(samples: list[float]) -> str:
     return f"{statistics.median(samples) * 1000:.1f}"
-
-
-def fake_rows(data_dir: Path, count: int, start: int) -> None:
-    """Rows as a create writes them (no boxes behind them: a plain list never asks a box)."""
-    store = Store(data_dir)
-    now = time.time()
-    conn = store.connection()
-    conn.execute("BEGIN")
-    for i in range(start, start + count):
-        store.insert(
-            {
-                "sandbox_id": f"sb_bench{i:08d}",
-                "name": f"box-{i}",
-                "user_id": USER,
-                "tenant_id": "default",
-                "provider": "local",
-                "status": "active",
-                "created_at": now,
-                "last_active_at": now,
-                "ttl_minutes": 600,
-                "expires_at": now + 36000,
-            }
-        )
-    conn.execute("COMMIT")
 
 
 def timed_gets(session, url: str, repeat: int) -> list[float]:
@@ -93,7 +71,7 @@ def bench_poll(repeat: int) -> None:
             print(f"  {'GET nexus/api/sandboxes':<38} {'ms':>7}   baseline")
             made = 0
             for count in (10, 100, 1000):
-                fake_rows(data_dir, count - made, made)
+                fill(Store(data_dir), count - made, start=made, user=USER)
                 made = count
                 listing = session.get(f"{server.api}/sandboxes", timeout=30).json()["sandboxes"]
                 assert len(listing) == count, len(listing)

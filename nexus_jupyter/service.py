@@ -36,7 +36,7 @@ from .models import FileEntry, Metrics, RunResult, Sandbox
 from .providers.base import BoxSpec, Cancel, Feature, OutputCallback, Provider, ResultCallback, provider_class
 from .reaper import Reaper
 from .settings import MAX_TIMEOUT_SECONDS, MAX_TTL_MINUTES, Settings
-from .store import LIVE_STATUSES, Store
+from .store import LIVE_STATUSES, open_store
 from .validation import (
     check_code,
     check_env,
@@ -88,9 +88,9 @@ class SandboxService:
         warm_pool: int | None = None,
         settings: Settings | None = None,
     ):
-        self.store = Store(data_dir)
-        self.data_dir = self.store.data_dir
         self.settings = settings if settings is not None else Settings()
+        self.store = open_store(data_dir, self.settings.database_url)
+        self.data_dir = self.store.data_dir
         self.warm_pool = warm_pool
         self._default_provider = default_provider
         self._providers: dict[str, Provider] = {}

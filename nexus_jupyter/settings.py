@@ -54,6 +54,13 @@ def _pool_size(value, what: str) -> int:
     return int(text)
 
 
+def _database_url(value, what: str) -> str:
+    text = str(value).strip()
+    if text and not text.startswith(("postgresql://", "postgres://")):
+        raise InvalidArgument(f"{what} must be a postgresql:// URL (empty: SQLite in the data dir)")
+    return text
+
+
 SERVICE_SETTINGS = {
     setting.name: setting
     for setting in (
@@ -105,6 +112,14 @@ SERVICE_SETTINGS = {
             256,
             lambda v, what: whole_number(v, what, 1, 1 << 20),
             "The largest file, in MiB, that a read or a download takes out of a sandbox.",
+        ),
+        Setting(
+            "database_url",
+            "NEXUS_DATABASE_URL",
+            "",
+            _database_url,
+            "A PostgreSQL database every process and host shares (postgresql://user:pass@host/db); "
+            "empty: SQLite in the data dir.",
         ),
     )
 }

@@ -13,7 +13,9 @@ import json
 import os
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,73 +80,19 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-class Store:
-    """Rows of sandboxes in ``<data_dir>/nexus.db``.  Safe to share between threads."""
+class SandboxStore(ABC):
+    """The queries of the store, whichever database holds it: a backend gives ``_execute``
+    (``?`` placeholders; rows readable by column name) and ``_transaction``."""
 
-    def __init__(self, data_dir: Path | str | None = None):
-        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-        self.path = self.data_dir / "nexus.db"
-        self._local = threading.local()
-        self.connection()  # fail now, with a clear message, if the file is unusable
+    data_dir: Path
 
-    def connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._open()
-            self._local.conn = conn
-        return conn
+    @abstractmethod
+    def _execute(self, sql: str, params: Iterable[Any] = ()): ...
 
-    def _open(self) -> sqlite3.Connection:
-        try:
-            self._make_private()
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.path} was written by a newer nexus-jupyter (schema {version}); upgrade nexus-jupyter"
-                    )
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                        _migrate(conn)
-                    if conn.in_transaction:
-                        conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            conn.execute("PRAGMA synchronous=NORMAL")
-            return conn
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot use the state database {self.path}: {exc}") from exc
-        except OSError as exc:
-            raise StoreError(f"cannot use the data directory {self.data_dir}: {exc.strerror}") from exc
-
-    def _make_private(self) -> None:
-        """The data dir is its owner's alone (0700) and the database 0600: other users of
-        the machine must not read sandboxes' state or reach their boxes' directories.
-        SQLite gives its -wal and -shm files the database's own mode."""
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        info = self.data_dir.stat()
-        # Tightened only when it is ours: new, or already holding the store (never a folder
-        # of the user's that NEXUS_DATA_DIR happens to name).
-        ours = self.path.exists() or not any(self.data_dir.iterdir())
-        if ours and info.st_uid == os.geteuid() and info.st_mode & 0o077:
-            self.data_dir.chmod(0o700)
-        try:
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-        except FileExistsError:
-            if self.path.stat().st_uid == os.geteuid() and self.path.stat().st_mode & 0o077:
-                self.path.chmod(0o600)
-
-    def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
-        try:
-            return self.connection().execute(sql, tuple(params))
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"state database error ({self.path}): {exc}") from exc
+    @abstractmethod
+    def _transaction(self, lock: str | None = None):
+        """A context in which ``_execute`` calls commit together; ``lock`` names what two
+        processes must not do at once (a user's quota count)."""
 
     @staticmethod
     def _row(row: sqlite3.Row | None) -> dict | None:
@@ -168,31 +116,27 @@ class Store:
         if not max_live_of_user:
             self._execute(f"INSERT INTO sandboxes ({columns}) VALUES ({marks})", data.values())
             return True
-        cursor = self._execute(
-            f"INSERT INTO sandboxes ({columns}) SELECT {marks} WHERE "
-            f"(SELECT COUNT(*) FROM sandboxes WHERE user_id = ? AND status IN {LIVE_STATUSES}) < ?",
-            [*data.values(), data["user_id"], max_live_of_user],
-        )
-        return cursor.rowcount == 1
+        # Counted and inserted under the user's lock: two racing creates cannot both pass.
+        with self._transaction(lock=f"user:{data['user_id']}"):
+            cursor = self._execute(
+                f"INSERT INTO sandboxes ({columns}) SELECT {marks} WHERE "
+                f"(SELECT COUNT(*) FROM sandboxes WHERE user_id = ? AND status IN {LIVE_STATUSES}) < ?",
+                [*data.values(), data["user_id"], max_live_of_user],
+            )
+            return cursor.rowcount == 1
 
     def attach_kernel(self, sandbox_id: str, user_id: str, kernel_id: str, notebook: str | None) -> None:
         """Make ``sandbox_id`` the one sandbox of ``user_id`` that names ``kernel_id`` (the default
         sandbox of that kernel's notebook); another user's rows are never touched."""
-        conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
+        with self._transaction(lock=f"kernel:{kernel_id}"):
+            self._execute(
                 "UPDATE sandboxes SET kernel_id = NULL WHERE kernel_id = ? AND user_id = ? AND sandbox_id != ?",
                 [kernel_id, user_id, sandbox_id],
             )
-            conn.execute(
+            self._execute(
                 "UPDATE sandboxes SET kernel_id = ?, notebook = coalesce(?, notebook) WHERE sandbox_id = ?",
                 [kernel_id, notebook, sandbox_id],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def update(self, sandbox_id: str, fields: dict, expect_status: Iterable[str] | None = None) -> bool:
         """Set ``fields``; with ``expect_status``, only if the row is in one of those states.
@@ -273,4 +217,98 @@ class Store:
         rows = self._execute(
             f"SELECT sandbox_id FROM sandboxes WHERE provider = ? AND status IN {LIVE_STATUSES}", [provider]
         )
-        return {r[0] for r in rows}
+        return {r["sandbox_id"] for r in rows}
+
+
+class Store(SandboxStore):
+    """Rows of sandboxes in ``<data_dir>/nexus.db`` (SQLite, the default).  Safe to share between threads."""
+
+    def __init__(self, data_dir: Path | str | None = None):
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.path = self.data_dir / "nexus.db"
+        self._local = threading.local()
+        self.connection()  # fail now, with a clear message, if the file is unusable
+
+    def connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._open()
+            self._local.conn = conn
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self._make_private()
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} was written by a newer nexus-jupyter (schema {version}); upgrade nexus-jupyter"
+                    )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                        _migrate(conn)
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot use the state database {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot use the data directory {self.data_dir}: {exc.strerror}") from exc
+
+    def _make_private(self) -> None:
+        """The data dir is its owner's alone (0700) and the database 0600: other users of
+        the machine must not read sandboxes' state or reach their boxes' directories.
+        SQLite gives its -wal and -shm files the database's own mode."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = self.data_dir.stat()
+        # Tightened only when it is ours: new, or already holding the store (never a folder
+        # of the user's that NEXUS_DATA_DIR happens to name).
+        ours = self.path.exists() or not any(self.data_dir.iterdir())
+        if ours and info.st_uid == os.geteuid() and info.st_mode & 0o077:
+            self.data_dir.chmod(0o700)
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            if self.path.stat().st_uid == os.geteuid() and self.path.stat().st_mode & 0o077:
+                self.path.chmod(0o600)
+
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self.connection().execute(sql, tuple(params))
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"state database error ({self.path}): {exc}") from exc
+
+    @contextmanager
+    def _transaction(self, lock: str | None = None):
+        # One writer at a time for the whole file: ``lock`` (a name another backend locks) is moot.
+        conn = self.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"state database error ({self.path}): {exc}") from exc
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+def open_store(data_dir: Path | str | None = None, database_url: str = "") -> SandboxStore:
+    """The store a service uses: PostgreSQL when ``database_url`` names one, else SQLite in the data dir."""
+    if database_url:
+        from .store_postgres import PostgresStore  # psycopg is imported only then
+
+        return PostgresStore(database_url, data_dir)
+    return Store(data_dir)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,9 @@ REMOTE_SUITES = {"test_cli", "test_conformance"}
 # The conformance suite also runs on the E2B provider, against the local double of E2B's
 # cloud (tests/e2b_double: the real SDK over HTTP, each sandbox a local box).
 E2B_SUITES = {"test_conformance"}
+# The lifecycle and CLI suites also run with the state in PostgreSQL (NEXUS_DATABASE_URL, a
+# database of their own per test in a throwaway cluster) on the local provider.
+POSTGRES_SUITES = {"test_lifecycle", "test_cli"}
 # Suites about one provider run once, with that provider.
 SINGLE_PROVIDER_SUITES = {
     "test_local": "local",
@@ -54,6 +58,8 @@ def pytest_generate_tests(metafunc):
             variants.append("local+remote")
         if module in E2B_SUITES and "local" in PROVIDERS:
             variants.append("e2b")
+        if module in POSTGRES_SUITES and "local" in PROVIDERS:
+            variants.append("local+postgres")
         metafunc.parametrize("provider", variants, indirect=True)
 
 
@@ -73,7 +79,7 @@ def data_dir(tmp_path, monkeypatch) -> Path:
 def destroy_everything_in(data_dir: Path) -> None:
     """Whatever a test left running is destroyed, so no box outlives its test: every user's
     sandboxes, orphans, and the local warm pool (after waiting for a refill under way)."""
-    if (data_dir / "nexus.db").exists():
+    if (data_dir / "nexus.db").exists() or os.environ.get("NEXUS_DATABASE_URL"):
         cleanup = SandboxManager(data_dir, is_admin=True)
         for row in cleanup.store.select(include_stopped=False):
             cleanup.sandbox_stop(row["sandbox_id"])
@@ -93,6 +99,9 @@ def provider(request, monkeypatch, data_dir) -> str:
     if name == "e2b":
         for key, value in request.getfixturevalue("e2b_double").env().items():
             monkeypatch.setenv(key, value)
+    if variant == "postgres":
+        database = request.getfixturevalue("postgres").create_database(f"t_{os.getpid()}_{time.monotonic_ns()}")
+        monkeypatch.setenv("NEXUS_DATABASE_URL", database)
     if variant != "remote":
         yield name
         return
@@ -117,6 +126,19 @@ def nexus_server(tmp_path_factory):
     yield server
     server.stop()
     destroy_everything_in(root / "data")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster on loopback (started once, on first use; removed after)."""
+    from postgres_cluster import PostgresCluster, unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,200 @@
+"""The state of every sandbox in one PostgreSQL database (``NEXUS_DATABASE_URL``), shared by
+every process of every host that names it: the same rows and compare-and-set transitions as
+the SQLite store (store.py holds the queries), through psycopg 3: one connection in a short
+process (the CLI), a small pool besides it in a long-lived one whose threads need more.
+
+A user's quota count and a kernel's attachment are serialised by transaction-scoped advisory
+locks (SQLite gets the same from its one writer); the schema is created and migrated once,
+under an advisory lock, and a database written by a newer nexus-jupyter is refused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import StoreError
+from .store import SCHEMA_VERSION, SandboxStore, default_data_dir
+
+CONNECT_TIMEOUT_SECONDS = 10
+POOL_SIZE = 8  # connections a process adds to its first when its threads need more at once
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nexus_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    sandbox_id text PRIMARY KEY,
+    name text NOT NULL,
+    user_id text NOT NULL,
+    agent_id text,
+    tenant_id text NOT NULL,
+    provider text NOT NULL,
+    template_id text,
+    status text NOT NULL,
+    created_at double precision NOT NULL,
+    last_active_at double precision,
+    paused_at double precision,
+    stopped_at double precision,
+    ttl_minutes integer NOT NULL,
+    expires_at double precision,
+    options text,
+    provider_state text,
+    stop_reason text,
+    notebook text,
+    kernel_id text
+);
+CREATE INDEX IF NOT EXISTS sandboxes_user_status ON sandboxes (user_id, status);
+CREATE INDEX IF NOT EXISTS sandboxes_status_expires ON sandboxes (status, expires_at);
+CREATE INDEX IF NOT EXISTS sandboxes_name ON sandboxes (name);
+"""
+
+
+def describe(url: str) -> str:
+    """The database a URL names, for messages: ``postgresql://user@host:port/db``, never the password."""
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path or '/'}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class _Result:
+    """What a statement gave, read before its connection goes back to the pool."""
+
+    def __init__(self, rows: list[dict], rowcount: int):
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def fetchone(self) -> dict | None:
+        return self._rows[0] if self._rows else None
+
+    def __iter__(self):
+        return iter(self._rows)
+
+
+class PostgresStore(SandboxStore):
+    """Rows of sandboxes in a PostgreSQL database.  Safe to share between threads."""
+
+    def __init__(self, url: str, data_dir: Path | str | None = None):
+        try:
+            import psycopg
+            from psycopg.rows import dict_row
+
+            if importlib.util.find_spec("psycopg_pool") is None:  # imported when a pool is first needed
+                raise ImportError("psycopg_pool")
+        except ImportError:
+            raise StoreError(
+                "NEXUS_DATABASE_URL names a PostgreSQL database, which needs psycopg: "
+                "pip install 'nexus-jupyter[postgres]'"
+            ) from None
+        self._psycopg = psycopg
+        # The boxes of the local provider still live on this host, under its data dir.
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.url = url
+        self.where = describe(url)
+        self._local = threading.local()
+        self._connect_kwargs = {"autocommit": True, "row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+        self._pool = None  # made when a second thread wants a connection while the first is busy
+        self._pool_lock = threading.Lock()
+        try:
+            # The first connection, in this thread: its error is the user's (bad password, no database).
+            self._first = psycopg.connect(url, **self._connect_kwargs)
+            self._migrate(self._first)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot use the state database {self.where}: {_first_line(exc)}") from None
+        self._first_lock = threading.Lock()
+
+    def _migrate(self, conn) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('nexus_jupyter:schema'))")
+            exists = conn.execute("SELECT to_regclass('nexus_meta') IS NOT NULL AS found").fetchone()["found"]
+            version = 0
+            if exists:
+                row = conn.execute("SELECT value FROM nexus_meta WHERE key = 'schema_version'").fetchone()
+                version = int(row["value"]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.where} was written by a newer nexus-jupyter (schema {version}); upgrade nexus-jupyter"
+                )
+            if version < SCHEMA_VERSION:
+                conn.execute(SCHEMA)
+                conn.execute(
+                    "INSERT INTO nexus_meta (key, value) VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    [str(SCHEMA_VERSION)],
+                )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        self._first.close()
+
+    @contextmanager
+    def _connection(self):
+        """A connection for one statement or transaction: the process's first one when it is free
+        (a CLI call never opens another), else one from a pool made on first contention (a
+        server's threads)."""
+        if self._first_lock.acquire(blocking=False):
+            try:
+                if self._first.closed or self._first.broken:  # the server restarted: connect again
+                    self._first = self._psycopg.connect(self.url, **self._connect_kwargs)
+                yield self._first
+            finally:
+                self._first_lock.release()
+            return
+        with self._pool_lock:
+            if self._pool is None:
+                from psycopg_pool import ConnectionPool
+
+                self._pool = ConnectionPool(
+                    self.url, min_size=0, max_size=POOL_SIZE, kwargs=self._connect_kwargs, name="nexus-store"
+                )
+        with self._pool.connection(timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+            yield conn
+
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> _Result:
+        sql = sql.replace("?", "%s")  # the queries' placeholders (no literal ? in them)
+        try:
+            held = getattr(self._local, "conn", None)
+            if held is not None:  # inside _transaction
+                return self._run(held, sql, params)
+            with self._connection() as conn:
+                return self._run(conn, sql, params)
+        except self._psycopg.Error as exc:
+            raise StoreError(f"state database error ({self.where}): {_first_line(exc)}") from None
+        except Exception as exc:  # the pool's own (PoolTimeout: the server went away)
+            if type(exc).__module__.startswith("psycopg_pool"):
+                raise StoreError(f"cannot reach the state database {self.where}: {_first_line(exc)}") from None
+            raise
+
+    @staticmethod
+    def _run(conn, sql: str, params: Iterable[Any]) -> _Result:
+        cursor = conn.execute(sql, tuple(params))
+        rows = cursor.fetchall() if cursor.description is not None else []
+        return _Result(rows, cursor.rowcount)
+
+    @contextmanager
+    def _transaction(self, lock: str | None = None):
+        if getattr(self._local, "conn", None) is not None:  # already in one: it covers this too
+            yield
+            return
+        try:
+            with self._connection() as conn, conn.transaction():
+                self._local.conn = conn
+                try:
+                    if lock is not None:
+                        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"nexus_jupyter:{lock}"])
+                    yield
+                finally:
+                    self._local.conn = None
+        except self._psycopg.Error as exc:
+            raise StoreError(f"state database error ({self.where}): {_first_line(exc)}") from None
