@@ -24,6 +24,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from postgres_cluster import PostgresCluster, unavailable
+from test_store import row
 
 from nexus_jupyter.store import open_store
 
@@ -45,22 +46,8 @@ def timed(action, repeat: int) -> list[float]:
 
 def fill(store, count: int, start: int = 0, user: str = USER) -> None:
     """Rows as a create writes them (no boxes behind them: a plain list never asks a box)."""
-    now = time.time()
     for i in range(start, start + count):
-        store.insert(
-            {
-                "sandbox_id": f"sb_bench{i:08d}",
-                "name": f"box-{i}",
-                "user_id": user,
-                "tenant_id": "default",
-                "provider": "local",
-                "status": "active",
-                "created_at": now,
-                "last_active_at": now,
-                "ttl_minutes": 600,
-                "expires_at": now + 36000,
-            }
-        )
+        store.insert(row(f"sb_bench{i:08d}", user=user, options={}))
 
 
 def measure(name: str, data_dir: str, url: str, repeat: int) -> dict[str, list[float]]:

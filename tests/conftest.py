@@ -273,7 +273,9 @@ def start_lab(root: Path, env: dict, *args: str) -> tuple[subprocess.Popen, str,
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
          "--ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--notebook-dir={root}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", *args],
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         # a workspace of its own: no notebook another test opened is restored into this one's page
+         f"--LabApp.workspaces_dir={root / '.workspaces'}", *args],
         env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 120
