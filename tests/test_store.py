@@ -248,3 +248,16 @@ def test_the_cli_keeps_its_sandboxes_in_postgresql_and_another_process_sees_them
 def test_sqlite_stays_the_default(tmp_path):
     store = open_store(tmp_path / "data")
     assert isinstance(store, Store) and (tmp_path / "data" / "nexus.db").exists()
+
+
+def test_without_psycopg_a_database_url_says_what_to_install(tmp_path):
+    script = (
+        "import sys; sys.modules['psycopg'] = None\n"  # as if it were not installed
+        "from nexus_jupyter.cli import cli\n"
+        "sys.exit(cli(['sandbox', 'list']))\n"
+    )
+    env = {**os.environ, "NEXUS_DATA_DIR": str(tmp_path / "data"), "NEXUS_DATABASE_URL": "postgresql://u:pw@db/nexus"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    line = one_line_error(done)
+    assert "pip install 'nexus-jupyter[postgres]'" in line and "pw" not in line
+    assert not (tmp_path / "data" / "nexus.db").exists()
