@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -36,6 +37,20 @@ def default_data_dir() -> Path:
         return Path(os.environ["JUPYTER_DATA_DIR"]).expanduser() / "nexus"
     xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(xdg) / "jupyter" / "nexus"
+
+
+def _wal_mode(conn: sqlite3.Connection) -> None:
+    """Switch a new store to WAL.  The switch wants the file to itself and SQLite does not wait
+    for it (no busy handler): processes opening a fresh store at once retry here instead."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -247,7 +262,7 @@ class Store(SandboxStore):
                     raise StoreError(
                         f"{self.path} was written by a newer nexus-jupyter (schema {version}); upgrade nexus-jupyter"
                     )
-                conn.execute("PRAGMA journal_mode=WAL")
+                _wal_mode(conn)
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
