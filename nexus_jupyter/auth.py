@@ -39,6 +39,7 @@ class SandboxUser(User):
     """A Jupyter user that may also be a sandbox admin (sees and acts on every user's sandboxes)."""
 
     is_admin: bool = False
+    forwarded: bool = False  # by another server of the fleet, for this user (fleet.py)
 
 
 def digest(key: str) -> str:

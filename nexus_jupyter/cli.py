@@ -68,6 +68,8 @@ def _print_record(record: dict, headline: str | None = None) -> None:
         ("Expires", f"{record['expires_at']} UTC ({_expires_in(record)})" if record["expires_at"] else "-"),
         ("Uptime", duration(record["uptime_seconds"])),
     ]
+    if record.get("host"):
+        rows.insert(3, ("Host", record["host"]))
     if record.get("paused_at"):
         rows.append(("Paused at", record["paused_at"] + " UTC"))
     if record.get("stopped_at"):
@@ -208,7 +210,9 @@ def _print_result(result: dict) -> None:
 
 
 def _table(records: list[dict], verify: bool, users: bool = False) -> None:
-    headers = ["SANDBOX ID", "NAME", *(["USER"] if users else []), "STATUS", "PROVIDER", "UPTIME", "EXPIRES"]
+    hosts = any("host" in record for record in records)  # a database hosts share
+    headers = ["SANDBOX ID", "NAME", *(["USER"] if users else []), "STATUS", "PROVIDER", *(["HOST"] if hosts else []),
+               "UPTIME", "EXPIRES"]  # fmt: skip
     if verify:
         headers.append("VERIFIED")
     rows = [headers]
@@ -219,6 +223,7 @@ def _table(records: list[dict], verify: bool, users: bool = False) -> None:
             *([record["user_id"]] if users else []),
             record["status"],
             record["provider"],
+            *([record.get("host") or "-"] if hosts else []),
             duration(record["uptime_seconds"]),
             _expires_in(record),
         ]
@@ -317,7 +322,8 @@ def reap(as_json):
     if as_json:
         _print_json(report)
     else:
-        click.echo(", ".join(f"{len(ids)} {kind.replace('_', ' ')}" for kind, ids in report.items()))
+        done = {kind: ids for kind, ids in report.items() if isinstance(ids, list)}  # not "fleet": a flag
+        click.echo(", ".join(f"{len(ids)} {kind.replace('_', ' ')}" for kind, ids in done.items()))
 
 
 @sandbox.command()

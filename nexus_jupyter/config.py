@@ -55,6 +55,7 @@ class SandboxService(Configurable):
     max_file_mb = _trait(SERVICE_SETTINGS["max_file_mb"])
     max_sandboxes_per_user = _trait(SERVICE_SETTINGS["max_sandboxes_per_user"])
     database_url = _trait(SERVICE_SETTINGS["database_url"])
+    host_id = _trait(SERVICE_SETTINGS["host_id"])
 
     _default_provider_default = _from_environment("default_provider")
     _default_ttl_default = _from_environment("default_ttl")
@@ -64,6 +65,7 @@ class SandboxService(Configurable):
     _max_file_mb_default = _from_environment("max_file_mb")
     _max_sandboxes_per_user_default = _from_environment("max_sandboxes_per_user")
     _database_url_default = _from_environment("database_url")
+    _host_id_default = _from_environment("host_id")
 
     def __init__(self, settings: Settings | None = None, **kwargs):
         self.settings = settings if settings is not None else Settings()

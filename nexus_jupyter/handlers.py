@@ -25,6 +25,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import quote
 
 from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.call_context import CallContext
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
@@ -44,6 +45,7 @@ from .errors import (
     SandboxTimeout,
     StoreError,
 )
+from .fleet import USER_HEADER
 from .formatting import printable
 from .providers.base import Cancel
 
@@ -95,6 +97,15 @@ class NexusHandler(ExtensionHandlerMixin, APIHandler):
     @property
     def app(self):
         return self.extensionapp
+
+    async def prepare(self, *args, **kwargs):
+        # A request another server of the fleet forwarded (fleet.py): this server's own key says
+        # so, and names the user it acts for; Jupyter's identity provider knows neither.
+        if USER_HEADER in self.request.headers:
+            CallContext.set(CallContext.JUPYTER_HANDLER, self)
+            self.current_user = self._jupyter_current_user = self.app.fleet_user(self.request.headers)
+            return None
+        return await super().prepare(*args, **kwargs)
 
     @property
     def caller(self):
@@ -178,6 +189,33 @@ class WhoAmIHandler(NexusHandler):
     async def get(self):
         caller = self.caller
         self.reply({"user_id": caller.user_id, "is_admin": caller.is_admin})
+
+
+class FleetHandler(NexusHandler):
+    """``GET fleet``: this server's host and the servers sharing its database (none with SQLite)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self):
+        servers = await self.app.off_loop(self.app.service.store.servers)
+        now = time.time()
+        self.reply(
+            {
+                "host": await self.app.off_loop(lambda: self.app.service.fleet.host_id),
+                "shared": self.app.service.store.shared,
+                "servers": [
+                    {
+                        "host": server["host"],
+                        "url": server["url"],
+                        "up_seconds": round(now - server["started_at"], 1),
+                        "heard_seconds_ago": round(now - server["heartbeat_at"], 1),
+                        "host_passes": server["host_passes"],
+                        "fleet_passes": server["fleet_passes"],
+                    }
+                    for server in servers
+                ],
+            }
+        )
 
 
 class SandboxesHandler(NexusHandler):
@@ -548,6 +586,7 @@ def route_table(prefix: str) -> list[tuple[str, type, dict] | tuple[str, type]]:
     sandbox = rf"{prefix}/sandboxes/{SANDBOX_ID}"
     return [
         (rf"{prefix}/whoami", WhoAmIHandler),
+        (rf"{prefix}/fleet", FleetHandler),
         (rf"{prefix}/sandboxes/?", SandboxesHandler),
         (rf"{sandbox}/?", SandboxHandler),
         (rf"{sandbox}/(?P<action>pause|resume|stop)", ActionHandler),

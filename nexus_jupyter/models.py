@@ -87,6 +87,7 @@ class Sandbox(_Model):
         "agent_id",
         "created_at",
         "expires_at",
+        "host",
         "kernel_id",
         "last_active_at",
         "name",
@@ -105,7 +106,9 @@ class Sandbox(_Model):
         "user_id",
         "verified",
     )
-    _defaults: ClassVar[dict] = dict.fromkeys(("verified", "provider_status", "notebook", "kernel_id", "stop_reason"))
+    _defaults: ClassVar[dict] = dict.fromkeys(
+        ("verified", "provider_status", "notebook", "kernel_id", "stop_reason", "host")
+    )
     sandbox_id: str
     name: str
     user_id: str
@@ -125,6 +128,8 @@ class Sandbox(_Model):
     # did, and the kernel whose default sandbox it is now (not in ``to_dict``; the REST API adds it).
     notebook: str | None
     kernel_id: str | None
+    # The host holding its box, in a database hosts share (fleet.py); None with one machine's store.
+    host: str | None
     # Why it stopped ("stopped", "expired", "vanished", "create failed: ..."): not in ``to_dict``
     # (the seed's record has no such field); the REST API adds it.
     stop_reason: str | None
@@ -154,6 +159,7 @@ class Sandbox(_Model):
             uptime_seconds=round(max(end - row["created_at"], 0.0), 3),
             notebook=row.get("notebook"),
             kernel_id=row.get("kernel_id"),
+            host=row.get("host"),
             stop_reason=row.get("stop_reason") if row["status"] in ("stopped", "failed") else None,
         )
 
@@ -172,6 +178,7 @@ class Sandbox(_Model):
             ttl_minutes=record["ttl_minutes"],
             uptime_seconds=record["uptime_seconds"],
             notebook=record.get("notebook"),
+            host=record.get("host"),
             verified=record.get("verified"),
             provider_status=record.get("provider_status"),
         )
@@ -181,7 +188,7 @@ class Sandbox(_Model):
 
     def to_dict(self) -> dict:
         """The seed's 15 fields, in its order, times in its format; then ``notebook`` when a
-        notebook made it, and ``verified`` and ``provider_status`` once verified."""
+        notebook made it, ``host`` in a database hosts share, and ``verified`` and ``provider_status`` once verified."""
         record = {
             "sandbox_id": self.sandbox_id,
             "name": self.name,
@@ -201,6 +208,8 @@ class Sandbox(_Model):
         }
         if self.notebook is not None:
             record["notebook"] = self.notebook
+        if self.host is not None:
+            record["host"] = self.host
         if self.verified is not None:
             record["verified"] = self.verified
             record["provider_status"] = self.provider_status

@@ -7,6 +7,13 @@ pruned.  Every call checks expiry cheaply (``expire``); a full pass (``reap``)
 runs in the Jupyter server's loop, by ``nexus sandbox reap``, and in the
 background after a read marked something: a read (a listing, a status, the
 panel's refresh) marks rows but never waits on destroying a box.
+
+In a fleet (hosts sharing one PostgreSQL database) a host reaches only its own
+local boxes: each host's passes check and sweep those, and one pass at a time
+for the whole fleet (``SandboxStore.fleet_turn``) does the rest: failed creates,
+boxes of shared engines (E2B, a remote Docker engine) and their orphans.  A row
+expired by another host is marked stopped; its box is then an orphan that its
+own host's next pass destroys.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ if TYPE_CHECKING:
 
 # A box started but never marked active within this time is taken as a failed create.
 CREATE_GRACE_SECONDS = 120
+# A server of the fleet silent this long was killed without withdrawing: its advertisement goes.
+SERVER_SILENCE_SECONDS = 24 * 3600
 PENDING = "reap.pending"  # in the data dir: a pass was asked for
 
 
@@ -59,7 +68,7 @@ class Reaper:
             {"status": "stopped", "stopped_at": time.time(), "expires_at": None, "stop_reason": reason},
             expect_status=LIVE_STATUSES,
         )
-        if destroy and (won or row["status"] in LIVE_STATUSES):
+        if destroy and (won or row["status"] in LIVE_STATUSES) and self.service.fleet.holds(row):
             self.service.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
         return won
 
@@ -70,6 +79,8 @@ class Reaper:
         the provider sees, unverified, until ``reap`` finishes the job."""
         if row["status"] == "creating":
             return True, "creating"
+        if not self.service.fleet.holds(row):
+            return False, None  # another host's box: its own host's passes check it
         try:
             seen = self.service.provider(row["provider"]).inspect(row["sandbox_id"], row["provider_state"])
         except SandboxError:
@@ -100,31 +111,48 @@ class Reaper:
         return True, seen
 
     # ---- the full pass
-    def reap(self) -> dict:
+    def reap(self, fleet_interval: float = 0.0) -> dict:
         """One pass: stop expired sandboxes, fix vanished ones, destroy orphans.
 
         Returns ``{"expired": [...], "vanished": [...], "failed_creates": [...], "orphans": [...],
-        "pruned": [...]}`` (pruned: spare warm-pool containers that ended).
+        "pruned": [...], "fleet": bool}`` (pruned: spare warm-pool containers that ended; fleet:
+        whether this pass did the fleet's share, which in a fleet one pass per ``fleet_interval``
+        does; always with one machine's store).
         """
+        with self.store.fleet_turn(fleet_interval) as fleet:
+            return self._pass(fleet)
+
+    def _pass(self, fleet: bool) -> dict:
         report = {"expired": self.expire(), "vanished": [], "failed_creates": [], "orphans": [], "pruned": []}
-        for row in self.store.stale_creating(time.time() - CREATE_GRACE_SECONDS):
+        report["fleet"] = fleet
+        holds = self.service.fleet.holds
+        if fleet:
+            self.store.forget_servers(time.time() - SERVER_SILENCE_SECONDS)
+        for row in self.store.stale_creating(time.time() - CREATE_GRACE_SECONDS) if fleet else ():
             if self.store.update(
                 row["sandbox_id"],
                 {"status": "failed", "stopped_at": time.time(), "stop_reason": "create did not finish"},
                 expect_status=("creating",),
             ):
-                self.service.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
+                if holds(row):  # else an orphan on its own host, which sweeps it
+                    self.service.provider(row["provider"]).destroy(row["sandbox_id"], row["provider_state"])
                 report["failed_creates"].append(row["sandbox_id"])
         for row in self.store.select(include_stopped=False):
-            if row["status"] in ("active", "paused"):
-                verified, seen = self.verify(row)
-                if verified and seen == "stopped":
-                    report["vanished"].append(row["sandbox_id"])
+            if row["status"] not in ("active", "paused") or not holds(row):
+                continue
+            # A shared engine's box is every host's to check: the fleet's one pass does it.
+            if not fleet and self._shared(row):
+                continue
+            verified, seen = self.verify(row)
+            if verified and seen == "stopped":
+                report["vanished"].append(row["sandbox_id"])
         providers = {row["provider"] for row in self.store.select(include_stopped=True)} | {"local"}
         providers |= set(self.service._providers)  # e.g. a Docker provider holding only a warm pool
         for name in sorted(providers):
             try:
                 backend = self.service.provider(name)
+                if self.store.shared and backend.fleet_wide() and not fleet:
+                    continue  # its orphans are the fleet pass's to sweep (one E2B listing, not one per host)
                 # Resources first, rows second: a box created in between has its row already.
                 held = backend.box_ids()
             except SandboxError:
@@ -137,6 +165,14 @@ class Reaper:
                 report["orphans"].append(orphan)
             report["pruned"] += backend.prune()
         return report
+
+    def _shared(self, row: dict) -> bool:
+        if not self.store.shared:
+            return False
+        try:
+            return self.service.provider(row["provider"]).reachable(row["provider_state"])
+        except SandboxError:
+            return False
 
     # ---- in the background
     def reap_in_background(self) -> None:

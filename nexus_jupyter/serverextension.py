@@ -30,11 +30,14 @@ from typing import ClassVar
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
+from tornado import web
 from traitlets import Enum, Float, Int, Set, Unicode, default
 
+from .auth import SandboxUser
 from .background import open_lock, try_lock
 from .config import CONFIGURABLES, configured_settings
 from .errors import SandboxError
+from .fleet import ADMIN_HEADER, USER_HEADER
 from .service import Caller, SandboxService
 
 API_PREFIX = "nexus/api"
@@ -77,6 +80,10 @@ class NexusSandboxApp(ExtensionApp):
     per_user_streams = Int(8, help="Runs and file transfers one user may stream at once (more wait their turn)").tag(
         config=True
     )
+    advertised_url = Unicode(
+        help="The URL other servers of a fleet (one shared database) reach this one at, with its "
+        "base_url [default: $NEXUS_ADVERTISED_URL, else this server's own address]"
+    ).tag(config=True)
     transfer_idle_timeout = Float(
         60.0, help="Seconds an upload may send nothing before it is abandoned and its thread freed"
     ).tag(config=True)
@@ -84,6 +91,10 @@ class NexusSandboxApp(ExtensionApp):
     @default("owner")
     def _default_owner(self) -> str:
         return os.environ.get("NEXUS_USER") or getpass.getuser()
+
+    @default("advertised_url")
+    def _default_advertised_url(self) -> str:
+        return os.environ.get("NEXUS_ADVERTISED_URL", "")
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
@@ -120,9 +131,41 @@ class NexusSandboxApp(ExtensionApp):
         self.handlers.extend(route_table(API_PREFIX))
 
     async def _start_jupyter_server_extension(self, serverapp) -> None:
+        if self.service.store.shared:
+            import secrets
+
+            # Requests of the fleet's other servers present this key (they read it in the database).
+            self.fleet_secret = secrets.token_urlsafe(32)
+            self.fleet_url = (self.advertised_url or serverapp.connection_url).rstrip("/")
+            await self.off_loop(self._advertise)
         self._reaper_task = asyncio.create_task(self._reap_forever())
 
+    fleet_secret = ""
+    fleet_url = ""
+
+    def _advertise(self) -> None:
+        self.service.store.advertise(self.fleet_url, self.service.fleet.host_id, self.fleet_secret, os.getpid())
+        self.log.info("nexus_jupyter: host %s of a fleet, at %s", self.service.fleet.host_id, self.fleet_url)
+
+    def fleet_user(self, headers) -> SandboxUser:
+        """The user a request forwarded by another server of the fleet acts for (fleet.py),
+        if it presents this server's key; else 403."""
+        import hmac
+
+        _, _, key = headers.get("Authorization", "").partition(" ")
+        if not self.fleet_secret or not hmac.compare_digest(key.strip().encode(), self.fleet_secret.encode()):
+            raise web.HTTPError(403, "a forwarded request without this server's fleet key")
+        name = headers.get(USER_HEADER, "").strip()
+        if not name:
+            raise web.HTTPError(400, f"{USER_HEADER} names no user")
+        return SandboxUser(username=name, is_admin=headers.get(ADMIN_HEADER) == "1", forwarded=True)
+
     async def stop_extension(self) -> None:
+        if self.fleet_url:
+            try:
+                await asyncio.wait_for(self.off_loop(self.service.store.withdraw, self.fleet_url), timeout=10)
+            except (SandboxError, asyncio.TimeoutError):
+                pass  # its heartbeat stops: the others try it last, and say so if it does not answer
         if self._reaper_task is not None:
             self._reaper_task.cancel()
             try:
@@ -140,6 +183,8 @@ class NexusSandboxApp(ExtensionApp):
     # ---- who is asking
     def caller_for(self, user) -> Caller:
         """The sandbox owner of a request by ``user`` (a jupyter_server ``User``)."""
+        if getattr(user, "forwarded", False):  # by another server of the fleet, as its caller
+            return Caller(user.username, user.is_admin, forwarded=True)
         if self._users_mode() == "owner":
             name = self.owner
         else:
@@ -198,8 +243,9 @@ class NexusSandboxApp(ExtensionApp):
         while True:
             try:
                 report = await self.off_loop(self.reap_once)
-                if report and any(report.values()):
-                    self.log.info("nexus_jupyter reaped: %s", {k: v for k, v in report.items() if v})
+                done = {k: v for k, v in (report or {}).items() if v and k != "fleet"}
+                if done:
+                    self.log.info("nexus_jupyter reaped: %s", done)
             except SandboxError as exc:
                 self.log.warning("nexus_jupyter: reaping failed: %s", exc)
             except Exception:
@@ -212,9 +258,11 @@ class NexusSandboxApp(ExtensionApp):
         """One pass (unless a background pass holds the lock), then top the warm pools up."""
         lock = open_lock(self.service.data_dir / "reap.lock")
         try:
-            report = self.service.reap() if try_lock(lock) else None
+            report = self.service.reap(fleet_interval=self.reap_interval) if try_lock(lock) else None
         finally:
             os.close(lock)
+        if self.fleet_url and not self.service.store.heartbeat(self.fleet_url, bool(report and report["fleet"])):
+            self._advertise()  # its row was removed (another server stopped at the same URL): again
         for name in ("local", "docker"):
             try:
                 self.service.provider(name).keep_warm()

@@ -56,15 +56,17 @@ ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 class Caller:
-    """Who is calling: the user that owns what they create, and whether they see everyone's."""
+    """Who is calling: the user that owns what they create, and whether they see everyone's.
+    ``forwarded``: another server of the fleet sent the request here (fleet.py)."""
 
-    __slots__ = ("is_admin", "user_id")
+    __slots__ = ("forwarded", "is_admin", "user_id")
 
-    def __init__(self, user_id: str, is_admin: bool = False):
+    def __init__(self, user_id: str, is_admin: bool = False, forwarded: bool = False):
         if not isinstance(user_id, str) or not user_id.strip():
             raise InvalidArgument("a user id is required")
         self.user_id = user_id
         self.is_admin = bool(is_admin)
+        self.forwarded = forwarded
 
     def __repr__(self) -> str:
         return f"Caller({self.user_id!r}, is_admin={self.is_admin})"
@@ -94,6 +96,9 @@ class SandboxService:
         self.warm_pool = warm_pool
         self._default_provider = default_provider
         self._providers: dict[str, Provider] = {}
+        from .fleet import Fleet  # not at the top: it builds on remote.py, which builds on this
+
+        self.fleet = Fleet(self)
         self.reaper = Reaper(self)
 
     @property
@@ -103,6 +108,7 @@ class SandboxService:
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
             backend = provider_class(name)(self.data_dir)
+            backend.store_id = self.store.store_id  # a shared database's boxes carry its id on every host
             self._providers[name] = backend
         backend = self._providers[name]
         if backend.supports(Feature.WARM_POOL):
@@ -156,9 +162,9 @@ class SandboxService:
         if self.reaper.expire(destroy=False):
             self.reaper.reap_in_background()
 
-    def reap(self) -> dict:
+    def reap(self, fleet_interval: float = 0.0) -> dict:
         """One housekeeping pass (see ``Reaper.reap``)."""
-        return self.reaper.reap()
+        return self.reaper.reap(fleet_interval)
 
     def _touch(self, row: dict, extra_seconds: float = 0.0) -> None:
         now = time.time()
@@ -262,6 +268,7 @@ class SandboxService:
                 "ttl_minutes": ttl,
                 "expires_at": now + ttl * 60,
                 "notebook": notebook,
+                **({"host": self.fleet.host_id} if self.store.shared else {}),
                 "options": {
                     "allow_internet": spec.allow_internet,
                     "memory_mb": spec.memory_mb,
@@ -356,6 +363,11 @@ class SandboxService:
         self._reap_expired()
         row = self._resolve(caller, sandbox_id)
         self._require_active(row)
+        peer = self.fleet.peer_for(caller, row)
+        if peer is not None:  # another host's box: its server runs it, and streams it here
+            return peer.run(caller, row["sandbox_id"], language, code, timeout, fresh=fresh, on_stdout=on_stdout,
+                            on_stderr=on_stderr, on_result=on_result, env=env, filename=filename,
+                            execution_count=execution_count, cancel=cancel, on_start=on_start)  # fmt: skip
         # Not expirable while it runs: the TTL counts idle time only.
         self._touch(row, extra_seconds=seconds + 30)
         backend = self.provider(row["provider"])
@@ -424,6 +436,8 @@ class SandboxService:
         if row["status"] == "paused":
             raise SandboxStateError(f"Sandbox {row['sandbox_id']} is already paused")
         self._require_active(row)
+        if (peer := self.fleet.peer_for(caller, row)) is not None:
+            return peer.pause(caller, row["sandbox_id"])
         backend = self.provider(row["provider"])
         if not backend.supports(Feature.PAUSE):
             raise ProviderNotSupported(
@@ -447,6 +461,8 @@ class SandboxService:
             raise SandboxStateError(f"Sandbox {row['sandbox_id']} is not paused")
         if row["status"] != "paused":
             self._require_active(row)
+        if (peer := self.fleet.peer_for(caller, row)) is not None:
+            return peer.resume(caller, row["sandbox_id"])
         backend = self.provider(row["provider"])
         if not backend.supports(Feature.PAUSE):
             raise ProviderNotSupported(
@@ -471,6 +487,8 @@ class SandboxService:
         """Destroy the sandbox and everything in it.  Stopping a stopped sandbox is not an error."""
         self._reap_expired()
         row = self._resolve(caller, sandbox_id)
+        if (peer := self.fleet.peer_for(caller, row)) is not None:
+            return peer.stop(caller, row["sandbox_id"])  # its host destroys the box, then marks the row
         if not self.reaper.stop_row(row, reason="stopped") and row["status"] not in LIVE_STATUSES:
             # Stopped already: finish the job if an earlier stop was killed before its box was gone.
             backend = self.provider(row["provider"])
@@ -555,6 +573,8 @@ class SandboxService:
         row = self._resolve(caller, sandbox_id)
         if row["status"] not in ("active", "paused"):
             self._require_active(row)
+        if (peer := self.fleet.peer_for(caller, row)) is not None:
+            return peer.metrics(caller, row["sandbox_id"])
         backend = self.provider(row["provider"])
         if not backend.supports(Feature.METRICS):
             raise ProviderNotSupported(f"{backend.display_name} does not report metrics")
@@ -571,12 +591,16 @@ class SandboxService:
         """The largest file a read or download takes from a box (the ``max_file_mb`` setting)."""
         return self.settings.max_file_bytes
 
-    def _file_target(self, caller: Caller, sandbox_id: str) -> tuple[dict, Provider]:
+    def _file_target(self, caller: Caller, sandbox_id: str):
+        """The row, and the provider that reaches its box here or the server of the host that holds it."""
         self._reap_expired()
         row = self._resolve(caller, sandbox_id)
         self._require_active(row)
+        peer = self.fleet.peer_for(caller, row)
+        if peer is not None:
+            return row, None, peer
         self._touch(row)
-        return row, self.provider(row["provider"])
+        return row, self.provider(row["provider"]), None
 
     @contextmanager
     def _file_errors(self, row: dict, backend: Provider, verb: str, path: str):
@@ -595,7 +619,9 @@ class SandboxService:
         path = check_path(path)
         if isinstance(content, str):
             content = content.encode("utf-8")
-        row, backend = self._file_target(caller, sandbox_id)
+        row, backend, peer = self._file_target(caller, sandbox_id)
+        if peer is not None:
+            return peer.write_file(caller, row["sandbox_id"], path, content)
         with self._file_errors(row, backend, "write", path):
             done = backend.write_file(row["sandbox_id"], row["provider_state"], path, content)
         return {"path": done["path"], "size": done["size"]}
@@ -614,7 +640,10 @@ class SandboxService:
         """The file's bytes in chunks, without holding it whole."""
         path = check_path(path)
         limit = self.max_file_bytes()
-        row, backend = self._file_target(caller, sandbox_id)
+        row, backend, peer = self._file_target(caller, sandbox_id)
+        if peer is not None:
+            yield from peer.read_file_chunks(caller, row["sandbox_id"], path)
+            return
         with self._file_errors(row, backend, "read", path):
             yield from backend.read_file_chunks(row["sandbox_id"], row["provider_state"], path, limit)
 
@@ -645,7 +674,9 @@ class SandboxService:
     def list_files(self, caller: Caller, sandbox_id: str, path: str = ".") -> list[FileEntry]:
         """Entries of a directory: name, path, type (file/dir/symlink), size, modified."""
         path = check_path(path)
-        row, backend = self._file_target(caller, sandbox_id)
+        row, backend, peer = self._file_target(caller, sandbox_id)
+        if peer is not None:
+            return peer.list_files(caller, row["sandbox_id"], path)
         with self._file_errors(row, backend, "list", path):
             listing = backend.list_files(row["sandbox_id"], row["provider_state"], path)
         return [FileEntry.from_dict(entry) for entry in listing["entries"]]

@@ -61,6 +61,13 @@ def _database_url(value, what: str) -> str:
     return text
 
 
+def _host_id(value, what: str) -> str:
+    text = str(value).strip()
+    if text and (len(text) > 100 or not all(ch.isalnum() or ch in "._-" for ch in text)):
+        raise InvalidArgument(f"{what} must be at most 100 letters, digits, dots, dashes or underscores")
+    return text
+
+
 SERVICE_SETTINGS = {
     setting.name: setting
     for setting in (
@@ -120,6 +127,14 @@ SERVICE_SETTINGS = {
             _database_url,
             "A PostgreSQL database every process and host shares (postgresql://user:pass@host/db); "
             "empty: SQLite in the data dir.",
+        ),
+        Setting(
+            "host_id",
+            "NEXUS_HOST_ID",
+            "",
+            _host_id,
+            "This host's name in a shared database (the HOST of its local sandboxes); empty: "
+            "the machine's name and a suffix kept in the data dir, so two data dirs are two hosts.",
         ),
     )
 }

@@ -100,6 +100,11 @@ class SandboxStore(ABC):
     (``?`` placeholders; rows readable by column name) and ``_transaction``."""
 
     data_dir: Path
+    # Whether other hosts share it (PostgreSQL): rows then name the host holding their box,
+    # servers advertise themselves, and one reaper pass at a time does the fleet's work.
+    shared = False
+    # A shared database's own id, which providers label their boxes with (None: their data dir's).
+    store_id: str | None = None
 
     @abstractmethod
     def _execute(self, sql: str, params: Iterable[Any] = ()): ...
@@ -117,6 +122,35 @@ class SandboxStore(ABC):
         for field in JSON_FIELDS:
             data[field] = json.loads(data[field]) if data.get(field) else {}
         return data
+
+    # ---- the fleet: servers that share the database (nothing to share in one machine's file)
+    def advertise(self, url: str, host: str, secret: str, pid: int) -> None:
+        """Say that a server of ``host`` answers at ``url`` (its forwarding ``secret`` with it)."""
+        return None  # one machine's file: no other host to tell
+
+    def heartbeat(self, url: str, fleet_pass: bool) -> bool:
+        """A server's reaper went round (``fleet_pass``: it did the fleet's work too); False
+        when its advertisement is gone (say it again)."""
+        return True
+
+    def withdraw(self, url: str) -> None:
+        """The server at ``url`` is stopping."""
+        return None
+
+    def servers(self, host: str | None = None) -> list[dict]:
+        """Servers advertised (of ``host``), the most recently heard from first."""
+        return []
+
+    def forget_servers(self, silent_since: float) -> None:
+        """Drop the advertisements of servers not heard from since then (killed, never withdrawn)."""
+        return None
+
+    @contextmanager
+    def fleet_turn(self, interval: float):
+        """Whether this reaper pass does the fleet's work (expiry, failed creates, shared
+        engines): one pass at a time, at most once per ``interval``.  One machine's file has
+        no fleet: every pass does it (a file lock keeps background passes apart)."""
+        yield True
 
     # ---- writes
     def insert(self, row: dict, max_live_of_user: int = 0) -> bool:

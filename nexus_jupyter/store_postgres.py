@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+import time
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +20,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import StoreError
-from .store import SCHEMA_VERSION, SandboxStore, default_data_dir
+from .store import SandboxStore, default_data_dir
 
+# Its own numbering: 2 as SQLite's schema 2; 3 adds the fleet (rows' host, the servers, the store id).
+SCHEMA_VERSION = 3
 CONNECT_TIMEOUT_SECONDS = 10
 POOL_SIZE = 8  # connections a process adds to its first when its threads need more at once
 
@@ -50,7 +53,22 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 CREATE INDEX IF NOT EXISTS sandboxes_user_status ON sandboxes (user_id, status);
 CREATE INDEX IF NOT EXISTS sandboxes_status_expires ON sandboxes (status, expires_at);
 CREATE INDEX IF NOT EXISTS sandboxes_name ON sandboxes (name);
+ALTER TABLE sandboxes ADD COLUMN IF NOT EXISTS host text;
+CREATE TABLE IF NOT EXISTS nexus_servers (
+    url text PRIMARY KEY,
+    host text NOT NULL,
+    secret text NOT NULL,
+    pid integer,
+    started_at double precision NOT NULL,
+    heartbeat_at double precision NOT NULL,
+    host_passes integer NOT NULL DEFAULT 0,
+    fleet_passes integer NOT NULL DEFAULT 0
+);
+INSERT INTO nexus_meta (key, value)
+    VALUES ('store_id', substr(md5(random()::text || clock_timestamp()::text), 1, 12)) ON CONFLICT DO NOTHING;
+INSERT INTO nexus_meta (key, value) VALUES ('fleet_pass_at', '0') ON CONFLICT DO NOTHING;
 """
+FLEET_LOCK = "nexus_jupyter:fleet-reaper"
 
 
 def describe(url: str) -> str:
@@ -84,6 +102,8 @@ class _Result:
 class PostgresStore(SandboxStore):
     """Rows of sandboxes in a PostgreSQL database.  Safe to share between threads."""
 
+    shared = True
+
     def __init__(self, url: str, data_dir: Path | str | None = None):
         try:
             import psycopg
@@ -112,6 +132,7 @@ class PostgresStore(SandboxStore):
         except psycopg.Error as exc:
             raise StoreError(f"cannot use the state database {self.where}: {_first_line(exc)}") from None
         self._first_lock = threading.Lock()
+        self.store_id = self._execute("SELECT value FROM nexus_meta WHERE key = 'store_id'").fetchone()["value"]
 
     def _migrate(self, conn) -> None:
         with conn.transaction():
@@ -196,5 +217,64 @@ class PostgresStore(SandboxStore):
                     yield
                 finally:
                     self._local.conn = None
+        except self._psycopg.Error as exc:
+            raise StoreError(f"state database error ({self.where}): {_first_line(exc)}") from None
+
+    # ---- the fleet
+    def advertise(self, url: str, host: str, secret: str, pid: int) -> None:
+        now = time.time()
+        self._execute(
+            "INSERT INTO nexus_servers (url, host, secret, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (url) DO UPDATE SET host = EXCLUDED.host, secret = EXCLUDED.secret, pid = EXCLUDED.pid, "
+            "started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, host_passes = 0, fleet_passes = 0",
+            [url, host, secret, pid, now, now],
+        )
+
+    def heartbeat(self, url: str, fleet_pass: bool) -> bool:
+        return (
+            self._execute(
+                "UPDATE nexus_servers SET heartbeat_at = ?, host_passes = host_passes + 1, "
+                "fleet_passes = fleet_passes + ? WHERE url = ?",
+                [time.time(), int(fleet_pass), url],
+            ).rowcount
+            == 1
+        )
+
+    def withdraw(self, url: str) -> None:
+        self._execute("DELETE FROM nexus_servers WHERE url = ?", [url])
+
+    def servers(self, host: str | None = None) -> list[dict]:
+        sql = "SELECT * FROM nexus_servers"
+        params = []
+        if host is not None:
+            sql += " WHERE host = ?"
+            params.append(host)
+        return list(self._execute(sql + " ORDER BY heartbeat_at DESC", params))
+
+    def forget_servers(self, silent_since: float) -> None:
+        self._execute("DELETE FROM nexus_servers WHERE heartbeat_at < ?", [silent_since])
+
+    @contextmanager
+    def fleet_turn(self, interval: float):
+        """A session lock held for the pass (ended with its process if it dies), and the time
+        of the fleet's last pass compare-and-set: several servers' loops make one pass per
+        interval between them, never two at once."""
+        try:
+            with self._connection() as conn:
+                got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s)) AS got", [FLEET_LOCK]).fetchone()
+                if not got["got"]:
+                    yield False
+                    return
+                try:
+                    now = time.time()
+                    # Nine tenths: a server's own next pass, a little early, still takes its turn.
+                    won = conn.execute(
+                        "UPDATE nexus_meta SET value = %s WHERE key = 'fleet_pass_at' AND value::float8 <= %s",
+                        [repr(now), now - 0.9 * interval],
+                    ).rowcount
+                    yield won == 1
+                finally:
+                    if not conn.closed:
+                        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [FLEET_LOCK])
         except self._psycopg.Error as exc:
             raise StoreError(f"state database error ({self.where}): {_first_line(exc)}") from None

@@ -119,6 +119,7 @@ class NexusServe:
         if self.key:
             environment["NEXUS_API_KEY"] = self.key
         self.keys_file = data_dir.parent / f"nexus-serve-{self.port}.keys"
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
         self.keys_file.write_text("")
         if "--keys-file" in args:
             args = (*args[: args.index("--keys-file")], *args[args.index("--keys-file") + 2 :])

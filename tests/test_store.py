@@ -16,6 +16,7 @@ import pytest
 
 from nexus_jupyter.errors import StoreError
 from nexus_jupyter.store import SCHEMA_VERSION, Store, open_store
+from nexus_jupyter.store_postgres import SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -189,12 +190,32 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
 def test_a_store_written_by_a_newer_nexus_jupyter_is_refused_and_kept(store_url):
     store = open_store(*store_url)
     store.insert(row("sb_kept"))
-    set_schema_version(store_url, SCHEMA_VERSION + 1)
+    current = POSTGRES_SCHEMA_VERSION if store_url[1] else SCHEMA_VERSION
+    set_schema_version(store_url, current + 1)
     with pytest.raises(StoreError, match="newer nexus-jupyter"):
         open_store(*store_url)
     assert "newer nexus-jupyter" in one_line_error(nexus("sandbox", "list", data_dir=store_url[0], url=store_url[1]))
-    set_schema_version(store_url, SCHEMA_VERSION)
+    set_schema_version(store_url, current)
     assert open_store(*store_url).get("sb_kept") is not None
+
+
+def test_a_postgresql_store_of_the_release_before_hosts_is_upgraded_in_place(postgres, tmp_path):
+    import psycopg
+
+    url = postgres.create_database(f"upgrade_{os.getpid()}_{time.monotonic_ns()}")
+    open_store(tmp_path, url).insert(row("sb_old"))
+    with psycopg.connect(url, autocommit=True) as conn:  # as schema 2 left it: no hosts, no servers
+        conn.execute("ALTER TABLE sandboxes DROP COLUMN host")
+        conn.execute("DROP TABLE nexus_servers")
+        conn.execute("DELETE FROM nexus_meta WHERE key IN ('store_id', 'fleet_pass_at')")
+        conn.execute("UPDATE nexus_meta SET value = '2' WHERE key = 'schema_version'")
+    store = open_store(tmp_path, url)
+    old = store.get("sb_old")
+    assert old["host"] is None and old["name"] == "box-sb_old"  # no host: every host may reach it
+    assert len(store.store_id) == 12 and store.servers() == []
+    assert store.insert(row("sb_new", host="alpha")) and store.get("sb_new")["host"] == "alpha"
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT value FROM nexus_meta WHERE key = 'schema_version'").fetchone()[0] == "3"
 
 
 @pytest.mark.parametrize(

@@ -165,6 +165,9 @@ class Provider(ABC):
     name: ClassVar[str] = ""
     display_name: ClassVar[str] = ""  # how messages name it ("E2B"); defaults to ``name``
     features: ClassVar[frozenset[str]] = frozenset()
+    # A shared database's id (the service sets it): boxes carry it, so every host of a fleet
+    # knows the fleet's boxes on an engine they share.  None: one data dir's store.
+    store_id: str | None = None
 
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
@@ -173,6 +176,17 @@ class Provider(ABC):
 
     def supports(self, feature: str) -> bool:
         return feature in self.features
+
+    # ---- the fleet (fleet.py)
+    def reachable(self, state: dict) -> bool:
+        """Whether this process can operate a box that another host of the fleet created (a
+        cloud's, a shared engine's); if not, requests go to that host's server."""
+        return False
+
+    def fleet_wide(self) -> bool:
+        """Whether boxes made here are reachable from every host of the fleet: then one reaper
+        pass for the whole fleet sweeps their orphans, not every host's."""
+        return False
 
     # ---- lifecycle
     @abstractmethod

@@ -133,7 +133,6 @@ class DockerProvider(AgentProvider):
     def __init__(self, data_dir: Path):
         super().__init__(data_dir)
         self.root = self.data_dir / "boxes" / self.name
-        self.store = store_label(self.data_dir)
         self._client = None
         # Containers kept started per template so create hands one out at once.
         # Off by default (a CLI process would not live to refill it); a server turns it on.
@@ -141,6 +140,24 @@ class DockerProvider(AgentProvider):
         self._pool_lock = threading.Lock()
         self._info: dict | None = None
         self._code_volume: str | None = None
+
+    @property
+    def store(self) -> str:
+        """The label of this store's containers: a shared database's id (every host of a fleet
+        finds the fleet's containers on an engine they share), else the data dir's."""
+        return self.store_id or store_label(self.data_dir)
+
+    def reachable(self, state: dict) -> bool:
+        # Through docker exec, on the same engine (its ID, whatever address each host calls it by).
+        if state.get("transport") != "exec" or not state.get("engine_id"):
+            return False
+        try:
+            return self._engine_info().get("ID") == state["engine_id"]
+        except ProviderUnavailable:
+            return False
+
+    def fleet_wide(self) -> bool:
+        return choose_transport() == "exec"
 
     @property
     def client(self):
@@ -325,6 +342,8 @@ class DockerProvider(AgentProvider):
             "host_uid": uid,
             "agent_key": key,
         }
+        if transport == "exec":  # reachable from every host of the fleet that uses this engine
+            state["engine_id"] = self._engine_info().get("ID")
         if transport == "socket":
             state["agent_pid"] = int((box / "agent.pid").read_text())
             # Known now, so a later run needs no call to the engine (nor its SDK: ~0.3 s a CLI call).
@@ -427,6 +446,8 @@ class DockerProvider(AgentProvider):
                 "host_uid": box_host_uid(slot),
                 "agent_key": (self.box_dir(spec.sandbox_id) / "agent.key").read_text(),
             }
+            if transport == "exec":
+                state["engine_id"] = self._engine_info().get("ID")
             if transport == "socket":
                 state["agent_pid"] = int((self.box_dir(spec.sandbox_id) / "agent.pid").read_text())
                 state["remapped_uids"] = self._remapped_uids()

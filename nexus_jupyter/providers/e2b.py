@@ -172,9 +172,17 @@ class E2BProvider(Provider):
         with self._lock:
             self._connected.pop(state.get("e2b_id"), None)
 
+    def reachable(self, state: dict) -> bool:
+        return True  # E2B's cloud answers every host with the team's key
+
+    def fleet_wide(self) -> bool:
+        return True
+
     def _store_id(self) -> str:
         """This store's id, carried in every sandbox's metadata (the orphan sweep's key).
         Made once per data dir; random, so no host path is shown to E2B."""
+        if self.store_id:  # a shared database's: every host of the fleet sweeps the same sandboxes
+            return self.store_id
         path = self.data_dir / "e2b-store-id"
         try:  # reading too: a directory or an unreadable file in its place is one line, not a traceback
             try:

@@ -148,6 +148,9 @@ def attach(box_pid: int, run_dir: Path, launcher: list[str]) -> int:
             pass_fds=(owner_fd,),
         )
         if done.returncode != 0:
+            if not os.path.exists(f"/proc/{box_pid}"):
+                # Not the network's failure: the box ended (killed, or out of memory) meanwhile.
+                raise ProviderUnavailable("the sandbox's process ended while its network was being set up")
             raise ProviderUnavailable(f"cannot restrict the sandbox's network: {done.stderr.strip() or 'ip failed'}")
         return slirp
     finally:

@@ -1,0 +1,302 @@
+"""Several hosts over one PostgreSQL database: two ``nexus serve`` (hosts alpha and beta, a data
+dir each, as two machines would have) share the database.  A local box is reachable only from
+its own host, so a request that reaches the other server is forwarded to the holder's server
+and streamed back; a host with no server answering is named in one line; the reaper does the
+fleet's work once per interval between both servers, while each host cleans its own boxes;
+a server killed mid-operation leaves nothing the others cannot reconcile."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from jupyter_servers import NexusServe
+
+from nexus_jupyter import SandboxManager
+
+pytestmark = pytest.mark.skipif("local" not in os.environ.get("NEXUS_TEST_PROVIDERS", "local"), reason="local only")
+
+KEY = "fleet-test-key-" + "k" * 24
+
+
+class Fleet:
+    """The servers of hosts alpha and beta (``start``/``kill`` them), and the CLI as each host runs it."""
+
+    def __init__(self, database: str, root: Path):
+        self.database = database
+        self.root = root
+        self.servers: dict[str, NexusServe] = {}
+
+    def env(self, host: str) -> dict:
+        return {"NEXUS_DATABASE_URL": self.database, "NEXUS_HOST_ID": host, "NEXUS_USER": "alice"}
+
+    def data_dir(self, host: str) -> Path:
+        return self.root / host / "data"
+
+    def start(self, host: str) -> NexusServe:
+        self.servers[host] = NexusServe(
+            self.data_dir(host), "--NexusSandboxApp.reap_interval=1", key=KEY, env=self.env(host)
+        )
+        return self.servers[host]
+
+    def kill(self, host: str) -> None:
+        """SIGKILL: no withdrawal, no clean-up, as a crashed machine's server."""
+        server = self.servers.pop(host)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(30)
+
+    def call(self, host: str, method: str, path: str, **kwargs) -> requests.Response:
+        url = f"{self.servers[host].url}/nexus/api{path}"
+        return requests.request(method, url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120, **kwargs)
+
+    def run(self, host: str, sandbox_id: str, code: str, **fields) -> dict:
+        """A run through ``host``'s REST API: its events, each with the time it arrived."""
+        started = time.monotonic()
+        answer = self.call(host, "POST", f"/sandboxes/{sandbox_id}/run", json={"code": code, **fields}, stream=True)
+        assert answer.status_code == 200, answer.text
+        events = []
+        for line in answer.iter_lines():
+            events.append({**json.loads(line), "at": time.monotonic() - started})
+        return {"events": events, "end": events[-1]}
+
+    def cli(self, host: str, *args: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+        env.update({"NEXUS_DATA_DIR": str(self.data_dir(host)), **self.env(host)})
+        return subprocess.run(
+            [sys.executable, "-m", "nexus_jupyter", "sandbox", *args], env=env, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    def row(self, sandbox_id: str) -> dict:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(self.database, row_factory=dict_row) as conn:
+            return conn.execute("SELECT * FROM sandboxes WHERE sandbox_id = %s", [sandbox_id]).fetchone()
+
+    def set_row(self, sandbox_id: str, **fields) -> None:
+        import psycopg
+
+        assignments = ", ".join(f"{name} = %s" for name in fields)
+        with psycopg.connect(self.database, autocommit=True) as conn:
+            conn.execute(f"UPDATE sandboxes SET {assignments} WHERE sandbox_id = %s", [*fields.values(), sandbox_id])
+
+    def box_dir(self, host: str, sandbox_id: str) -> Path:
+        return self.data_dir(host) / "boxes" / "local" / sandbox_id
+
+
+@pytest.fixture
+def fleet(postgres, tmp_path, monkeypatch):
+    database = postgres.create_database(f"fleet_{os.getpid()}_{time.monotonic_ns()}")
+    fleet = Fleet(database, tmp_path)
+    fleet.start("alpha")
+    fleet.start("beta")
+    yield fleet
+    for host in list(fleet.servers):
+        fleet.servers.pop(host).stop()
+    # Each host destroys what it holds, as its own process would.
+    monkeypatch.setenv("NEXUS_DATABASE_URL", database)
+    for host in ("alpha", "beta"):
+        monkeypatch.setenv("NEXUS_HOST_ID", host)
+        cleanup = SandboxManager(fleet.data_dir(host), is_admin=True, warm_pool=0)
+        for row in cleanup.store.select(include_stopped=False):
+            if row.get("host") == host:
+                cleanup.sandbox_stop(row["sandbox_id"])
+        cleanup.reap()
+
+
+def until(condition, seconds: float = 30.0, every: float = 0.2):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    return condition()
+
+
+def test_a_sandbox_made_on_one_host_is_listed_run_and_stopped_from_the_other(fleet):
+    made = fleet.call("alpha", "POST", "/sandboxes", json={"name": "shared", "provider": "local"})
+    assert made.status_code == 201, made.text
+    box = made.json()
+    assert box["host"] == "alpha"
+    sandbox_id = box["sandbox_id"]
+
+    listed = fleet.call("beta", "GET", "/sandboxes").json()["sandboxes"]
+    assert [(r["sandbox_id"], r["host"]) for r in listed] == [(sandbox_id, "alpha")]
+
+    # One kernel, whichever server is asked: state set through alpha is read through beta.
+    assert fleet.run("alpha", sandbox_id, "x = 41")["end"]["result"]["exit_code"] == 0
+    assert fleet.run("beta", sandbox_id, "print(x + 1)")["end"]["result"]["stdout"] == "42\n"
+    # Streamed as it happens, through both servers: the first line long before the last.
+    slow = fleet.run("beta", sandbox_id, "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(1)")
+    printed = [e for e in slow["events"] if e["type"] == "stdout"]
+    assert "".join(e["text"] for e in printed) == "0\n1\n2\n"
+    assert printed[0]["at"] < slow["end"]["at"] - 1.5
+
+    # Files both ways, and the holder's view of the state.
+    payload = bytes(range(256)) * 1000
+    put = fleet.call("beta", "PUT", f"/sandboxes/{sandbox_id}/files/data/blob.bin", data=payload)
+    assert put.status_code == 201, put.text
+    assert fleet.call("alpha", "GET", f"/sandboxes/{sandbox_id}/files/data/blob.bin").content == payload
+    assert fleet.call("beta", "GET", f"/sandboxes/{sandbox_id}/files/data/blob.bin").content == payload
+    names = [
+        e["name"] for e in fleet.call("beta", "GET", f"/sandboxes/{sandbox_id}/files", params={"path": "data"}).json()
+    ]
+    assert names == ["blob.bin"]
+    metrics = fleet.call("beta", "GET", f"/sandboxes/{sandbox_id}/metrics").json()
+    assert metrics["processes"] >= 1 and metrics["memory_bytes"] > 0
+
+    assert fleet.call("beta", "POST", f"/sandboxes/{sandbox_id}/pause").json()["status"] == "paused"
+    assert fleet.call("alpha", "GET", f"/sandboxes/{sandbox_id}").json()["status"] == "paused"
+    assert fleet.call("beta", "POST", f"/sandboxes/{sandbox_id}/resume").json()["status"] == "active"
+
+    # The CLI on host beta: the HOST column, and a run forwarded to alpha's server.
+    table = fleet.cli("beta", "list")
+    assert table.returncode == 0, table.stderr
+    header, line = table.stdout.splitlines()
+    assert line[header.index(" HOST ") + 1 :].split()[0] == "alpha"
+    ran = fleet.cli("beta", "run", sandbox_id, "--code", "print(x * 2)")
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "82\n", "")
+
+    stopped = fleet.call("beta", "POST", f"/sandboxes/{sandbox_id}/stop")
+    assert stopped.json()["status"] == "stopped"
+    # Alpha destroyed it: no box directory is left on alpha.
+    assert not fleet.box_dir("alpha", sandbox_id).exists()
+
+
+def test_a_host_whose_server_is_gone_is_named_in_one_line_and_its_box_is_reachable_again_later(fleet):
+    sandbox_id = fleet.call("alpha", "POST", "/sandboxes", json={"name": "lonely"}).json()["sandbox_id"]
+    fleet.run("alpha", sandbox_id, "kept = 'still here'")
+    dead_url = fleet.servers["alpha"].url
+    fleet.kill("alpha")
+
+    began = time.monotonic()
+    refused = fleet.call("beta", "POST", f"/sandboxes/{sandbox_id}/run", json={"code": "print(kept)"})
+    assert time.monotonic() - began < 10
+    assert refused.status_code == 503
+    assert refused.json()["message"].startswith(
+        f"Sandbox {sandbox_id} is on host alpha, whose server at {dead_url} is not answering ("
+    )
+    cli = fleet.cli("beta", "stop", sandbox_id)
+    assert cli.returncode != 0 and len(cli.stderr.strip().splitlines()) == 1 and "host alpha" in cli.stderr
+    assert fleet.row(sandbox_id)["status"] == "active"  # nothing changed that alpha could not undo
+
+    # Alpha again (at another port): the box outlived its server, with its kernel's state.
+    fleet.start("alpha")
+    ran = fleet.run("beta", sandbox_id, "print(kept)")
+    assert ran["end"]["result"]["stdout"] == "still here\n"
+
+    # Its new server stopped cleanly and withdrew: only the dead one is left to name.
+    fleet.servers.pop("alpha").stop()
+    refused = fleet.call("beta", "POST", f"/sandboxes/{sandbox_id}/stop")
+    assert refused.status_code == 503
+    assert refused.json()["message"].startswith(
+        f"Sandbox {sandbox_id} is on host alpha, whose server at {dead_url} is not answering ("
+    )
+
+    # A host that never ran a server (only its CLI): said so.
+    made = fleet.cli("gamma", "create", "cli-only", "--json")
+    assert made.returncode == 0, made.stderr
+    gamma_id = json.loads(made.stdout)["sandbox_id"]
+    try:
+        refused = fleet.call("beta", "POST", f"/sandboxes/{gamma_id}/stop")
+        assert refused.status_code == 503
+        assert refused.json()["message"] == (
+            f"Sandbox {gamma_id} is on host gamma, where no nexus server is running: start one there "
+            "(nexus serve, or a Jupyter server with the extension) or act on it from gamma"
+        )
+    finally:
+        assert fleet.cli("gamma", "stop", gamma_id).returncode == 0
+    assert not fleet.box_dir("gamma", gamma_id).exists()
+
+
+def fleet_counts(fleet, host: str) -> dict[str, tuple[int, int]]:
+    servers = fleet.call(host, "GET", "/fleet").json()["servers"]
+    return {s["host"]: (s["host_passes"], s["fleet_passes"]) for s in servers}
+
+
+def test_the_fleet_is_reaped_once_per_interval_and_each_host_cleans_its_own_boxes(fleet):
+    view = fleet.call("beta", "GET", "/fleet").json()
+    assert view["host"] == "beta" and view["shared"] is True
+    assert sorted(s["host"] for s in view["servers"]) == ["alpha", "beta"]
+    assert all("secret" not in s for s in view["servers"])
+
+    before = fleet_counts(fleet, "alpha")
+    time.sleep(8)
+    after = fleet_counts(fleet, "alpha")
+    host_passes = {host: after[host][0] - before[host][0] for host in after}
+    fleet_passes = sum(after[host][1] - before[host][1] for host in after)
+    # Each server goes round every second; between them, the fleet's share is done about
+    # once a second too, not twice.
+    assert all(5 <= passes <= 10 for passes in host_passes.values()), host_passes
+    assert 5 <= fleet_passes <= 10, (fleet_passes, host_passes)
+
+    # A box of alpha expires (its idle time is made to run out): stopped once, by whichever
+    # server's pass saw it first, and alpha's own pass destroys the box.
+    sandbox_id = fleet.call("alpha", "POST", "/sandboxes", json={"name": "idle"}).json()["sandbox_id"]
+    assert fleet.box_dir("alpha", sandbox_id).exists()
+    fleet.set_row(sandbox_id, expires_at=time.time() - 1)
+    assert until(lambda: fleet.row(sandbox_id)["status"] == "stopped", 15)
+    assert fleet.row(sandbox_id)["stop_reason"] == "expired"
+    assert until(lambda: not fleet.box_dir("alpha", sandbox_id).exists(), 15)
+
+    # Alpha dies: beta alone does the fleet's share from then on.
+    fleet.kill("alpha")
+    before = fleet_counts(fleet, "beta")["beta"][1]
+    time.sleep(5)
+    assert fleet_counts(fleet, "beta")["beta"][1] - before >= 3
+
+
+def test_a_create_cut_short_by_a_killed_server_is_failed_by_the_fleet_and_swept_by_its_host(fleet):
+    sandbox_id = fleet.call("alpha", "POST", "/sandboxes", json={"name": "cut"}).json()["sandbox_id"]
+    # As if alpha died between starting the box and marking it active, long ago.
+    fleet.kill("alpha")
+    fleet.set_row(sandbox_id, status="creating", created_at=time.time() - 600)
+    # Beta's pass fails the create; it cannot reach alpha's box, so the box waits for alpha.
+    assert until(lambda: fleet.row(sandbox_id)["status"] == "failed", 15)
+    assert fleet.row(sandbox_id)["stop_reason"] == "create did not finish"
+    assert fleet.box_dir("alpha", sandbox_id).exists()
+    # Alpha back: its first pass destroys the box no live row claims.
+    fleet.start("alpha")
+    assert until(lambda: not fleet.box_dir("alpha", sandbox_id).exists(), 15)
+
+
+def test_only_a_servers_own_fleet_key_lets_a_request_act_for_another_user(fleet, tmp_path):
+    sandbox_id = fleet.call("alpha", "POST", "/sandboxes", json={"name": "alices"}).json()["sandbox_id"]
+    url = f"{fleet.servers['alpha'].url}/nexus/api/sandboxes/{sandbox_id}/run"
+    as_mallory = {"X-Nexus-Fleet-User": "mallory", "X-Nexus-Fleet-Admin": "1"}
+    # Alice's API key, a made-up key, no key: a forwarded request needs the server's own key.
+    for authorization in (f"Bearer {KEY}", "Bearer " + "x" * 43, None):
+        headers = {**as_mallory, **({"Authorization": authorization} if authorization else {})}
+        refused = requests.post(url, json={"code": "print('in')"}, headers=headers, timeout=60)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["message"] == "a forwarded request without this server's fleet key"
+    # Beta's key is beta's: alpha does not take it.
+    import psycopg
+
+    with psycopg.connect(fleet.database) as conn:
+        beta_key = conn.execute("SELECT secret FROM nexus_servers WHERE host = 'beta'").fetchone()[0]
+    refused = requests.post(url, json={"code": "1"}, headers={**as_mallory, "Authorization": f"Bearer {beta_key}"})
+    assert refused.status_code == 403
+    # A server with one machine's store is in no fleet: it takes no forwarded request at all.
+    alone = NexusServe(tmp_path / "alone" / "data", key=KEY)
+    try:
+        refused = requests.get(f"{alone.url}/nexus/api/sandboxes", headers={**as_mallory, "Authorization": "Bearer "})
+        assert refused.status_code == 403
+        assert requests.get(f"{alone.url}/nexus/api/fleet", headers={"Authorization": f"Bearer {KEY}"}).json() == {
+            "host": (tmp_path / "alone" / "data" / "host-id").read_text().strip(),
+            "shared": False,
+            "servers": [],
+        }
+    finally:
+        alone.stop()
+    # Nothing ran in alice's box.
+    assert fleet.call("alpha", "GET", f"/sandboxes/{sandbox_id}/files").json() == []
