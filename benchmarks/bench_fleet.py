@@ -35,11 +35,11 @@ def ms(samples: list[float]) -> str:
     return f"{statistics.median(samples) * 1000:.1f}"
 
 
-def timed(action, repeat: int) -> list[float]:
+def timed(action, host: str, repeat: int) -> list[float]:
     samples = []
     for _ in range(repeat):
         started = time.perf_counter()
-        action()
+        action(host)
         samples.append(time.perf_counter() - started)
     return samples
 
@@ -104,7 +104,7 @@ def main() -> int:
             ("nexus sandbox run print(1), CLI on the host", cli, max(args.repeat // 3, 5)),
         ):
             action("alpha"), action("beta")  # warm both paths
-            rows.append((label, ms(timed(lambda: action("alpha"), repeat)), ms(timed(lambda: action("beta"), repeat))))
+            rows.append((label, ms(timed(action, "alpha", repeat)), ms(timed(action, "beta", repeat))))
         width = max(len(label) for label, *_ in rows)
         print(f"{'median ms':<{width}}  {'alpha (holder)':>14}  {'beta (forwarded)':>16}")
         for label, holder, forwarded in rows:
