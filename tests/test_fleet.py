@@ -19,7 +19,8 @@ import pytest
 import requests
 from jupyter_servers import NexusServe
 
-from nexus_jupyter import SandboxManager
+from conftest import PROVIDERS
+from nexus_jupyter import ProviderUnavailable, SandboxManager
 
 pytestmark = pytest.mark.skipif("local" not in os.environ.get("NEXUS_TEST_PROVIDERS", "local"), reason="local only")
 
@@ -300,3 +301,77 @@ def test_only_a_servers_own_fleet_key_lets_a_request_act_for_another_user(fleet,
         alone.stop()
     # Nothing ran in alice's box.
     assert fleet.call("alpha", "GET", f"/sandboxes/{sandbox_id}/files").json() == []
+
+
+def test_a_shared_engines_sandboxes_are_every_hosts_and_one_pass_sweeps_the_fleets_orphans(
+    postgres, e2b_double, tmp_path, monkeypatch
+):
+    """E2B (here its local double) answers every host: no forwarding, no server needed."""
+    from e2b_code_interpreter import Sandbox
+
+    monkeypatch.setenv("NEXUS_DATABASE_URL", postgres.create_database(f"e2b_{os.getpid()}_{time.monotonic_ns()}"))
+    for key, value in e2b_double.env().items():
+        monkeypatch.setenv(key, value)
+    hosts = {}
+    for host in ("alpha", "beta"):  # each host's process, as its own environment makes it
+        monkeypatch.setenv("NEXUS_HOST_ID", host)
+        hosts[host] = SandboxManager(tmp_path / host, provider="e2b", user_id="alice")
+        assert hosts[host].service.fleet.host_id == host
+    alpha, beta = hosts["alpha"], hosts["beta"]
+
+    made = alpha.sandbox_create("cloud")
+    sandbox_id = made["sandbox_id"]
+    try:
+        assert made["host"] == "alpha"
+        alpha.sandbox_run(sandbox_id, "python", "y = 7")
+        assert beta.sandbox_run(sandbox_id, "python", "print(y * 6)")["stdout"] == "42\n"  # no alpha server
+        # Both hosts label E2B sandboxes with the database's id, not their data dir's.
+        store_id = alpha.service.store.store_id
+        e2b_id = alpha.service.store.get(sandbox_id)["provider_state"]["e2b_id"]
+        assert Sandbox.get_info(e2b_id).metadata["nexus_store"] == store_id == beta.service.store.store_id
+
+        # An E2B sandbox of this fleet's with no row (a create cut short on alpha): beta's pass sweeps it,
+        # and a second pass within the interval leaves the fleet's share alone.
+        lost = Sandbox.create(metadata={"nexus_store": store_id, "nexus_sandbox_id": "sb_lostonalpha0000"})
+        first = beta.service.reap(fleet_interval=60)
+        assert first["fleet"] is True and "sb_lostonalpha0000" in first["orphans"]
+        assert not lost.is_running()
+        assert alpha.service.reap(fleet_interval=60)["fleet"] is False
+        assert alpha.sandbox_status(sandbox_id)["status"] == "active"  # the live one untouched
+    finally:
+        beta.sandbox_stop(sandbox_id)
+    assert alpha.sandbox_status(sandbox_id)["status"] == "stopped"
+    assert e2b_id not in {listed.sandbox_id for listed in Sandbox.list().next_items()}
+
+
+@pytest.mark.skipif("docker" not in PROVIDERS, reason="NEXUS_TEST_PROVIDERS does not name docker (./test.sh does)")
+def test_a_docker_engine_the_hosts_share_is_reached_from_each_and_a_socket_box_is_forwarded(
+    postgres, tmp_path, monkeypatch
+):
+    """Through ``docker exec`` on one engine (its ID) a container is every host's; a container
+    reached through a socket in its host's data dir is that host's alone."""
+    monkeypatch.setenv("NEXUS_DATABASE_URL", postgres.create_database(f"dk_{os.getpid()}_{time.monotonic_ns()}"))
+    monkeypatch.setenv("NEXUS_DOCKER_TRANSPORT", "exec")
+    monkeypatch.setenv("NEXUS_DOCKER_POOL_SIZE", "0")
+    hosts = {}
+    for host in ("alpha", "beta"):
+        monkeypatch.setenv("NEXUS_HOST_ID", host)
+        hosts[host] = SandboxManager(tmp_path / host, provider="docker", user_id="alice")
+        assert hosts[host].service.fleet.host_id == host
+    alpha, beta = hosts["alpha"], hosts["beta"]
+    shared = alpha.sandbox_create("over-exec")["sandbox_id"]
+    try:
+        alpha.sandbox_run(shared, "python", "z = 6")
+        assert beta.sandbox_run(shared, "python", "print(z * 7)")["stdout"] == "42\n"
+        assert beta.service.fleet.holds(beta.service.store.get(shared))
+    finally:
+        beta.sandbox_stop(shared)
+    assert alpha.sandbox_status(shared)["status"] == "stopped"
+
+    monkeypatch.setenv("NEXUS_DOCKER_TRANSPORT", "socket")
+    mounted = alpha.sandbox_create("over-socket")["sandbox_id"]
+    try:
+        with pytest.raises(ProviderUnavailable, match=f"^Sandbox {mounted} is on host alpha, where no nexus server"):
+            beta.sandbox_run(mounted, "python", "print(1)")
+    finally:
+        alpha.sandbox_stop(mounted)
