@@ -1,4 +1,4 @@
-"""A file that appears whole or not at all (downloads from a sandbox)."""
+"""A file that appears whole or not at all (downloads from a sandbox), and ids kept in a file made once."""
 
 from __future__ import annotations
 
@@ -70,3 +70,22 @@ def _umask() -> int:
     except (OSError, ValueError):
         pass
     return 0o022
+
+
+def read_or_write_once(path: Path, value: str) -> str:
+    """The text kept in ``path``; when there is none yet, ``value`` is written there first.
+    Of processes doing this at once the first to link its file wins, and all read its text.
+    Raises OSError (a directory or an unreadable file in its place)."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    partial.write_text(value + "\n")
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink()
+    return path.read_text().strip()

@@ -15,7 +15,6 @@ forwarding key lives there, next to every sandbox's state.
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,25 +39,13 @@ def host_id_of(data_dir: Path, configured: str = "") -> str:
         return configured
     import secrets  # here: hmac and hashlib cost a CLI call a few ms
 
+    from .atomic_file import read_or_write_once
+
+    name = "".join(ch if ch.isalnum() or ch in ".-" else "-" for ch in socket.gethostname())[:60] or "host"
     path = Path(data_dir) / HOST_ID_FILE
     try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise ProviderUnavailable(f"cannot read this host's id in {path}: {exc.strerror or exc}") from None
-    name = "".join(ch if ch.isalnum() or ch in ".-" else "-" for ch in socket.gethostname())[:60] or "host"
-    try:
         Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        partial = path.with_name(f".{HOST_ID_FILE}.{secrets.token_hex(8)}")
-        partial.write_text(f"{name}-{secrets.token_hex(2)}\n")
-        try:
-            os.link(partial, path)  # the first process to link wins; the others read its id
-        except FileExistsError:
-            pass
-        finally:
-            partial.unlink()
-        return path.read_text().strip()
+        return read_or_write_once(path, f"{name}-{secrets.token_hex(2)}")
     except OSError as exc:
         raise ProviderUnavailable(f"cannot keep this host's id in {path}: {exc.strerror or exc}") from None
 

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..atomic_file import read_or_write_once
 from ..errors import (
     AgentUnreachable,
     InvalidArgument,
@@ -185,19 +186,7 @@ class E2BProvider(Provider):
             return self.store_id
         path = self.data_dir / "e2b-store-id"
         try:  # reading too: a directory or an unreadable file in its place is one line, not a traceback
-            try:
-                return path.read_text().strip()
-            except FileNotFoundError:
-                pass
-            partial = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-            partial.write_text(secrets.token_hex(8) + "\n")
-            try:
-                os.link(partial, path)  # the first to link wins; the others read its id
-            except FileExistsError:
-                pass
-            finally:
-                partial.unlink()
-            return path.read_text().strip()
+            return read_or_write_once(path, secrets.token_hex(8))
         except OSError as exc:
             raise ProviderUnavailable(f"cannot keep the E2B store id in {path}: {exc.strerror or exc}") from None
 
