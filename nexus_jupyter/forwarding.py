@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from typing import TYPE_CHECKING
+from urllib.parse import quote, urlencode
 
 from .errors import ProviderUnavailable, RunCancelled, SandboxError
 from .fleet import ADMIN_HEADER, USER_HEADER
@@ -14,37 +15,78 @@ if TYPE_CHECKING:
 
 
 class FleetPeer(RemoteService):
-    """The service of the server holding a sandbox, reached over its REST API as the caller;
-    the host's other advertised servers are tried when one does not answer."""
+    """The service of the server holding a sandbox, reached over its REST API as the caller.
+
+    Another advertised server of the host is tried only when one cannot be connected to: a
+    request that may have reached a server (a run, a part of an upload) is never sent twice.
+    Whatever goes wrong after that is one line naming the host, as ProviderUnavailable (503)."""
 
     def __init__(self, servers: list[dict], caller: Caller, host: str, sandbox_id: str):
         self._servers = list(servers)
         self._caller = caller
         self._holder = (host, sandbox_id)
         self._tried: list[str] = []
+        self._current = None
         super().__init__(self._servers[0]["url"], self._servers[0]["secret"])
 
     def _send(self, method: str, path: str, body=None, headers: dict | None = None, query: dict | None = None):
+        import http.client
+
         headers = {
             **(headers or {}),
-            USER_HEADER: self._caller.user_id,
+            "Authorization": f"Bearer {self.api_key}",
+            USER_HEADER: quote(self._caller.user_id, safe=""),  # any user name, as ASCII
             ADMIN_HEADER: "1" if self._caller.is_admin else "0",
         }
         while True:
+            connection = self._connection()
+            if connection.sock is None:
+                try:
+                    connection.connect()
+                except OSError as exc:
+                    self._next_server(exc)
+                    continue
             try:
-                return super()._send(method, path, body, headers, query)
-            except ProviderUnavailable:
-                self._tried.append(self.url)
-                self._servers.pop(0)
-                # Refused before a byte was sent: a streamed body is still whole for the next one.
-                if not self._servers:
-                    raise self._no_server() from None
-                connection = getattr(self._local, "connection", None)
-                if connection is not None:
-                    connection.close()
-                    self._local.connection = None
-                server = self._servers[0]
-                RemoteService.__init__(self, server["url"], server["secret"])
+                connection.request(method, self._base + path + (f"?{urlencode(query)}" if query else ""), body, headers)
+                return connection.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                raise self._lost(exc) from None
+
+    def _next_server(self, exc: OSError) -> None:
+        """The next server of the host, after one that could not be connected to."""
+        self._tried.append(self.url)
+        self._reason = exc.strerror or str(exc) or type(exc).__name__
+        self._servers.pop(0)
+        if not self._servers:
+            host, sandbox_id = self._holder
+            raise ProviderUnavailable(
+                f"Sandbox {sandbox_id} is on host {host}, whose server at {', '.join(self._tried)} "
+                f"is not answering ({self._reason}): it is reachable again once that server runs"
+            )
+        self._connection(fresh=True)
+        server = self._servers[0]
+        RemoteService.__init__(self, server["url"], server["secret"])
+
+    def _lost(self, exc: BaseException) -> ProviderUnavailable:
+        host, sandbox_id = self._holder
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return ProviderUnavailable(
+            f"Sandbox {sandbox_id} is on host {host}, whose server at {self.url} stopped answering: {reason}"
+        )
+
+    def _fail(self, response, path: str) -> SandboxError:
+        if response.status == 403:  # the holder restarted (a new key) between our read and our call
+            response.read()
+            host, sandbox_id = self._holder
+            return ProviderUnavailable(
+                f"Sandbox {sandbox_id} is on host {host}, whose server at {self.url} did not take this "
+                "server's forwarding (it restarted?): try again"
+            )
+        error = super()._fail(response, path)
+        if response.status >= 500 and not isinstance(error, ProviderUnavailable):
+            return ProviderUnavailable(f"the server of host {self._holder[0]} failed: {error}")
+        return error
 
     def _connection(self, fresh: bool = False):
         self._current = super()._connection(fresh)
@@ -53,31 +95,33 @@ class FleetPeer(RemoteService):
     def run(self, caller, sandbox_id: str, language: str, code: str, timeout=None, *, cancel=None, **options):
         """As RemoteService.run; ``cancel`` (a REST client of this server went away) hangs up on
         the holder, which cancels the run there as for any client."""
-        if cancel is None:
-            return super().run(caller, sandbox_id, language, code, timeout, **options)
-        self._current = None
-        cancel.on_cancel(self._hang_up)
+        import http.client
+
+        if cancel is not None:
+            cancel.on_cancel(self._hang_up)
         try:
-            if cancel.cancelled:
+            if cancel is not None and cancel.cancelled:
                 raise RunCancelled(f"the run in {sandbox_id} was cancelled")
             return super().run(caller, sandbox_id, language, code, timeout, **options)
-        except SandboxError:
-            if cancel.cancelled:
+        except (SandboxError, OSError, http.client.HTTPException) as exc:
+            if cancel is not None and cancel.cancelled:
                 raise RunCancelled(f"the run in {sandbox_id} was cancelled") from None
-            raise
+            if isinstance(exc, SandboxError):
+                raise
+            raise self._lost(exc) from None  # the holder went away mid-answer
+
+    def read_file_chunks(self, caller, sandbox_id: str, path: str):
+        import http.client
+
+        try:
+            yield from super().read_file_chunks(caller, sandbox_id, path)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._lost(exc) from None  # the holder went away mid-file
 
     def _hang_up(self) -> None:
-        connection = getattr(self, "_current", None)
+        connection = self._current
         if connection is not None and connection.sock is not None:
-            connection.sock.shutdown(socket.SHUT_RDWR)  # the reading thread wakes; the holder sees a hang-up
-
-    def _unreachable(self, exc: Exception) -> ProviderUnavailable:
-        self._reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return ProviderUnavailable(self._reason)
-
-    def _no_server(self) -> ProviderUnavailable:
-        host, sandbox_id = self._holder
-        return ProviderUnavailable(
-            f"Sandbox {sandbox_id} is on host {host}, whose server at {', '.join(self._tried)} "
-            f"is not answering ({self._reason}): it is reachable again once that server runs"
-        )
+            try:
+                connection.sock.shutdown(socket.SHUT_RDWR)  # the reading thread wakes; the holder sees a hang-up
+            except OSError:
+                pass

@@ -80,11 +80,16 @@ class Reaper:
         if row["status"] == "creating":
             return True, "creating"
         if not self.service.fleet.holds(row):
-            return False, None  # another host's box: its own host's passes check it
+            return False, f"on host {row['host']}"  # its own host's passes check it
         try:
             seen = self.service.provider(row["provider"]).inspect(row["sandbox_id"], row["provider_state"])
         except SandboxError:
             return False, None
+        if self.store.shared and row.get("host") is None:
+            # A row from before hosts were recorded: its box may be another host's.
+            if seen == "stopped":
+                return False, None
+            self.store.update(row["sandbox_id"], {"host": self.service.fleet.host_id})  # found here: ours
         if row["status"] not in ("active", "paused"):
             return seen == "stopped", seen
         if seen == "stopped":

@@ -135,9 +135,27 @@ class NexusSandboxApp(ExtensionApp):
             import secrets
 
             # Requests of the fleet's other servers present this key (they read it in the database).
-            self.fleet_secret = secrets.token_urlsafe(32)
-            self.fleet_url = (self.advertised_url or serverapp.connection_url).rstrip("/")
-            await self.off_loop(self._advertise)
+            url = (self.advertised_url or serverapp.connection_url).rstrip("/")
+            if url.startswith(("http://", "https://")):
+                self.fleet_secret = secrets.token_urlsafe(32)
+                self.fleet_url = url
+                await self.off_loop(self._advertise)
+                from urllib.parse import urlsplit
+
+                from .serve import is_loopback
+
+                if not self.advertised_url and is_loopback(urlsplit(url).hostname or ""):
+                    self.log.warning(
+                        "nexus_jupyter: advertised to the fleet at %s, which only this machine reaches: set "
+                        "NEXUS_ADVERTISED_URL when the fleet's servers run on several machines",
+                        url,
+                    )
+            else:  # a Unix socket: no other host can reach it
+                self.log.warning(
+                    "nexus_jupyter: this server (%s) is not advertised to the fleet, so other hosts cannot "
+                    "forward requests for its boxes: set NEXUS_ADVERTISED_URL (c.NexusSandboxApp.advertised_url)",
+                    url,
+                )
         self._reaper_task = asyncio.create_task(self._reap_forever())
 
     fleet_secret = ""
@@ -155,7 +173,9 @@ class NexusSandboxApp(ExtensionApp):
         _, _, key = headers.get("Authorization", "").partition(" ")
         if not self.fleet_secret or not hmac.compare_digest(key.strip().encode(), self.fleet_secret.encode()):
             raise web.HTTPError(403, "a forwarded request without this server's fleet key")
-        name = headers.get(USER_HEADER, "").strip()
+        from urllib.parse import unquote
+
+        name = unquote(headers.get(USER_HEADER, "")).strip()
         if not name:
             raise web.HTTPError(400, f"{USER_HEADER} names no user")
         return SandboxUser(username=name, is_admin=headers.get(ADMIN_HEADER) == "1", forwarded=True)
@@ -163,7 +183,9 @@ class NexusSandboxApp(ExtensionApp):
     async def stop_extension(self) -> None:
         if self.fleet_url:
             try:
-                await asyncio.wait_for(self.off_loop(self.service.store.withdraw, self.fleet_url), timeout=10)
+                await asyncio.wait_for(
+                    self.off_loop(self.service.store.withdraw, self.service.fleet.host_id, self.fleet_url), timeout=10
+                )
             except (SandboxError, asyncio.TimeoutError):
                 pass  # its heartbeat stops: the others try it last, and say so if it does not answer
         if self._reaper_task is not None:
@@ -261,7 +283,8 @@ class NexusSandboxApp(ExtensionApp):
             report = self.service.reap(fleet_interval=self.reap_interval) if try_lock(lock) else None
         finally:
             os.close(lock)
-        if self.fleet_url and not self.service.store.heartbeat(self.fleet_url, bool(report and report["fleet"])):
+        fleet_pass = bool(report and report["fleet"])
+        if self.fleet_url and not self.service.store.heartbeat(self.service.fleet.host_id, self.fleet_url, fleet_pass):
             self._advertise()  # its row was removed (another server stopped at the same URL): again
         for name in ("local", "docker"):
             try:

@@ -423,7 +423,7 @@ class SandboxService:
             gone = backend.inspect(row["sandbox_id"], row["provider_state"]) == "stopped"
         except SandboxError:
             gone = False
-        if gone:
+        if gone and (row.get("host") is not None or not self.store.shared):  # else maybe another host's
             self.reaper.stop_row(row, reason="vanished")
             return SandboxStateError(f"Sandbox {row['sandbox_id']} is not running: {exc}")
         return SandboxStateError(f"Sandbox {row['sandbox_id']} did not answer: {exc}")
@@ -487,10 +487,15 @@ class SandboxService:
         """Destroy the sandbox and everything in it.  Stopping a stopped sandbox is not an error."""
         self._reap_expired()
         row = self._resolve(caller, sandbox_id)
-        if (peer := self.fleet.peer_for(caller, row)) is not None:
+        if row["status"] in LIVE_STATUSES and (peer := self.fleet.peer_for(caller, row)) is not None:
             return peer.stop(caller, row["sandbox_id"])  # its host destroys the box, then marks the row
-        if not self.reaper.stop_row(row, reason="stopped") and row["status"] not in LIVE_STATUSES:
-            # Stopped already: finish the job if an earlier stop was killed before its box was gone.
+        if (
+            not self.reaper.stop_row(row, reason="stopped")
+            and row["status"] not in LIVE_STATUSES
+            and self.fleet.holds(row)
+        ):
+            # Stopped already: finish the job if an earlier stop was killed before its box was gone
+            # (another host's box is its own host's reaper's to finish).
             backend = self.provider(row["provider"])
             if backend.inspect(row["sandbox_id"], row["provider_state"]) != "stopped":
                 backend.destroy(row["sandbox_id"], row["provider_state"])

@@ -128,13 +128,13 @@ class SandboxStore(ABC):
         """Say that a server of ``host`` answers at ``url`` (its forwarding ``secret`` with it)."""
         return None  # one machine's file: no other host to tell
 
-    def heartbeat(self, url: str, fleet_pass: bool) -> bool:
+    def heartbeat(self, host: str, url: str, fleet_pass: bool) -> bool:
         """A server's reaper went round (``fleet_pass``: it did the fleet's work too); False
         when its advertisement is gone (say it again)."""
         return True
 
-    def withdraw(self, url: str) -> None:
-        """The server at ``url`` is stopping."""
+    def withdraw(self, host: str, url: str) -> None:
+        """The server of ``host`` at ``url`` is stopping."""
         return None
 
     def servers(self, host: str | None = None) -> list[dict]:

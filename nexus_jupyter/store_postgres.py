@@ -55,14 +55,15 @@ CREATE INDEX IF NOT EXISTS sandboxes_status_expires ON sandboxes (status, expire
 CREATE INDEX IF NOT EXISTS sandboxes_name ON sandboxes (name);
 ALTER TABLE sandboxes ADD COLUMN IF NOT EXISTS host text;
 CREATE TABLE IF NOT EXISTS nexus_servers (
-    url text PRIMARY KEY,
     host text NOT NULL,
+    url text NOT NULL,
     secret text NOT NULL,
     pid integer,
     started_at double precision NOT NULL,
     heartbeat_at double precision NOT NULL,
     host_passes integer NOT NULL DEFAULT 0,
-    fleet_passes integer NOT NULL DEFAULT 0
+    fleet_passes integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (host, url)  -- two machines may both call themselves http://127.0.0.1:2026
 );
 INSERT INTO nexus_meta (key, value)
     VALUES ('store_id', substr(md5(random()::text || clock_timestamp()::text), 1, 12)) ON CONFLICT DO NOTHING;
@@ -225,23 +226,23 @@ class PostgresStore(SandboxStore):
         now = time.time()
         self._execute(
             "INSERT INTO nexus_servers (url, host, secret, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (url) DO UPDATE SET host = EXCLUDED.host, secret = EXCLUDED.secret, pid = EXCLUDED.pid, "
+            "ON CONFLICT (host, url) DO UPDATE SET secret = EXCLUDED.secret, pid = EXCLUDED.pid, "
             "started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, host_passes = 0, fleet_passes = 0",
             [url, host, secret, pid, now, now],
         )
 
-    def heartbeat(self, url: str, fleet_pass: bool) -> bool:
+    def heartbeat(self, host: str, url: str, fleet_pass: bool) -> bool:
         return (
             self._execute(
                 "UPDATE nexus_servers SET heartbeat_at = ?, host_passes = host_passes + 1, "
-                "fleet_passes = fleet_passes + ? WHERE url = ?",
-                [time.time(), int(fleet_pass), url],
+                "fleet_passes = fleet_passes + ? WHERE host = ? AND url = ?",
+                [time.time(), int(fleet_pass), host, url],
             ).rowcount
             == 1
         )
 
-    def withdraw(self, url: str) -> None:
-        self._execute("DELETE FROM nexus_servers WHERE url = ?", [url])
+    def withdraw(self, host: str, url: str) -> None:
+        self._execute("DELETE FROM nexus_servers WHERE host = ? AND url = ?", [host, url])
 
     def servers(self, host: str | None = None) -> list[dict]:
         sql = "SELECT * FROM nexus_servers"
@@ -266,11 +267,13 @@ class PostgresStore(SandboxStore):
                     yield False
                     return
                 try:
-                    now = time.time()
-                    # Nine tenths: a server's own next pass, a little early, still takes its turn.
+                    # The database's clock, not the hosts': one whose clock runs ahead cannot
+                    # hold the others off.  Nine tenths: a server's own next pass, a little
+                    # early, still takes its turn.
                     won = conn.execute(
-                        "UPDATE nexus_meta SET value = %s WHERE key = 'fleet_pass_at' AND value::float8 <= %s",
-                        [repr(now), now - 0.9 * interval],
+                        "UPDATE nexus_meta SET value = extract(epoch FROM clock_timestamp())::text "
+                        "WHERE key = 'fleet_pass_at' AND value::float8 <= extract(epoch FROM clock_timestamp()) - %s",
+                        [0.9 * interval],
                     ).rowcount
                     yield won == 1
                 finally:

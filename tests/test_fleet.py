@@ -375,3 +375,25 @@ def test_a_docker_engine_the_hosts_share_is_reached_from_each_and_a_socket_box_i
             beta.sandbox_run(mounted, "python", "print(1)")
     finally:
         alpha.sandbox_stop(mounted)
+
+
+def test_a_client_leaving_a_forwarded_run_cancels_it_on_the_holder_and_verify_names_the_host(fleet):
+    sandbox_id = fleet.call("alpha", "POST", "/sandboxes", json={"name": "cancel-me"}).json()["sandbox_id"]
+    code = "import time\nfor i in range(600):\n    n = i\n    print(i, flush=True)\n    time.sleep(0.1)"
+    answer = fleet.call("beta", "POST", f"/sandboxes/{sandbox_id}/run", json={"code": code}, stream=True)
+    lines = answer.iter_lines()
+    printed = 0
+    while printed < 3:
+        printed += json.loads(next(lines))["type"] == "stdout"
+    answer.close()  # the notebook's stop button: beta hangs up on alpha, alpha interrupts the cell
+    started = time.monotonic()
+    after = fleet.run("alpha", sandbox_id, "print(n)")
+    waited = time.monotonic() - started
+    assert waited < 10, f"the next run waited {waited:.1f} s: the forwarded one was not cancelled"
+    assert 2 <= int(after["end"]["result"]["stdout"]) < 100  # interrupted early, its state kept
+
+    # `list --verify` on beta: alpha's box is alpha's to check, and it says so.
+    verified = fleet.cli("beta", "list", "--verify", "--json")
+    (record,) = json.loads(verified.stdout)["sandboxes"]
+    assert (record["verified"], record["provider_status"]) == (False, "on host alpha")
+    assert json.loads(fleet.cli("alpha", "list", "--verify", "--json").stdout)["sandboxes"][0]["verified"] is True

@@ -52,6 +52,9 @@ SHM_MB = 64
 MS_NOSUID, MS_NODEV = 2, 4
 MNT_DETACH = 2
 LABEL_STORE = "nexus.store"
+# A pool container's maker (its data dir): hosts of a fleet share a store id, not their spares,
+# whose socket directories live in the maker's data dir.
+LABEL_POOL_HOST = "nexus.pool_host"
 LABEL_SANDBOX = "nexus.sandbox_id"
 LABEL_USER = "nexus.user_id"
 LABEL_POOL = "nexus.pool"  # on warm-pool containers: the image they were started from
@@ -157,7 +160,8 @@ class DockerProvider(AgentProvider):
             return False
 
     def fleet_wide(self) -> bool:
-        return choose_transport() == "exec"
+        # A remote engine (every host of the fleet names it); a local one is this machine's.
+        return not engine_address().startswith("unix://")
 
     @property
     def client(self):
@@ -273,7 +277,11 @@ class DockerProvider(AgentProvider):
             }
         )
         labels = {LABEL_STORE: self.store, LABEL_TRANSPORT: transport}
-        labels.update({LABEL_POOL: image} if pool else {LABEL_SANDBOX: box_id, LABEL_USER: spec.owner})
+        labels.update(
+            {LABEL_POOL: image, LABEL_POOL_HOST: store_label(self.data_dir)}
+            if pool
+            else {LABEL_SANDBOX: box_id, LABEL_USER: spec.owner}
+        )
         sizes = disk_split(spec.disk_mb)
         tmpfs_options = "nosuid,nodev"
         tmpfs = {
@@ -418,7 +426,11 @@ class DockerProvider(AgentProvider):
     # ---- the warm pool: containers started ahead, handed out by create
     def _pool_containers(self, image: str | None = None, running: bool = True) -> list:
         filters = {
-            "label": [f"{LABEL_STORE}={self.store}", LABEL_POOL + (f"={image}" if image else "")],
+            "label": [
+                f"{LABEL_STORE}={self.store}",
+                f"{LABEL_POOL_HOST}={store_label(self.data_dir)}",
+                LABEL_POOL + (f"={image}" if image else ""),
+            ],
             "name": f"nexus-{self.store}-pool-",
         }
         if running:
