@@ -34,6 +34,12 @@ class Fleet:
         self.database = database
         self.root = root
         self.servers: dict[str, NexusServe] = {}
+        self.team: list[str] = []  # "<key> <user>" lines every server takes, besides alice's KEY
+
+    def add_user(self, user: str, key: str) -> None:
+        self.team.append(f"{key} {user}")
+        for server in self.servers.values():
+            server.keys_file.write_text("\n".join(self.team) + "\n")
 
     def env(self, host: str) -> dict:
         return {"NEXUS_DATABASE_URL": self.database, "NEXUS_HOST_ID": host, "NEXUS_USER": "alice"}
@@ -42,10 +48,12 @@ class Fleet:
         return self.root / host / "data"
 
     def start(self, host: str) -> NexusServe:
-        self.servers[host] = NexusServe(
-            self.data_dir(host), "--NexusSandboxApp.reap_interval=1", key=KEY, env=self.env(host)
+        server = NexusServe(
+            self.data_dir(host), "--NexusSandboxApp.reap_interval=1", "--keys-file", "-", key=KEY, env=self.env(host)
         )
-        return self.servers[host]
+        server.keys_file.write_text("".join(f"{line}\n" for line in self.team))
+        self.servers[host] = server
+        return server
 
     def kill(self, host: str) -> None:
         """SIGKILL: no withdrawal, no clean-up, as a crashed machine's server."""
@@ -53,9 +61,9 @@ class Fleet:
         server.process.send_signal(signal.SIGKILL)
         server.process.wait(30)
 
-    def call(self, host: str, method: str, path: str, **kwargs) -> requests.Response:
+    def call(self, host: str, method: str, path: str, key: str = KEY, **kwargs) -> requests.Response:
         url = f"{self.servers[host].url}/nexus/api{path}"
-        return requests.request(method, url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120, **kwargs)
+        return requests.request(method, url, headers={"Authorization": f"Bearer {key}"}, timeout=120, **kwargs)
 
     def run(self, host: str, sandbox_id: str, code: str, **fields) -> dict:
         """A run through ``host``'s REST API: its events, each with the time it arrived."""
@@ -397,3 +405,19 @@ def test_a_client_leaving_a_forwarded_run_cancels_it_on_the_holder_and_verify_na
     (record,) = json.loads(verified.stdout)["sandboxes"]
     assert (record["verified"], record["provider_status"]) == (False, "on host alpha")
     assert json.loads(fleet.cli("alpha", "list", "--verify", "--json").stdout)["sandboxes"][0]["verified"] is True
+
+
+def test_each_user_acts_as_themselves_through_forwarding_whatever_their_name(fleet):
+    zoe, bob = "zoe-" + "z" * 24, "bob-" + "b" * 24
+    fleet.add_user("zoë", zoe)  # a name outside ASCII crosses as percent-encoded UTF-8
+    fleet.add_user("bob", bob)
+    made = fleet.call("alpha", "POST", "/sandboxes", key=zoe, json={"name": "hers"})
+    assert made.status_code == 201 and made.json()["user_id"] == "zoë"
+    sandbox_id = made.json()["sandbox_id"]
+    ran = fleet.call("beta", "POST", f"/sandboxes/{sandbox_id}/run", key=zoe, json={"code": "print('mine')"})
+    assert ran.status_code == 200 and json.loads(ran.text.splitlines()[-1])["result"]["stdout"] == "mine\n"
+    # Bob, through either server: another user's sandbox is not found, forwarded or not.
+    for host in ("beta", "alpha"):
+        refused = fleet.call(host, "POST", f"/sandboxes/{sandbox_id}/run", key=bob, json={"code": "print(1)"})
+        assert refused.status_code == 404 and refused.json()["message"] == f"Sandbox not found: {sandbox_id}"
+    assert fleet.call("beta", "POST", f"/sandboxes/{sandbox_id}/stop", key=zoe).json()["status"] == "stopped"
