@@ -309,3 +309,46 @@ def test_under_a_base_url_an_admin_sees_every_users_sandboxes_and_a_failed_actio
     assert error.inner_text().startswith("pause failed: "), error.inner_text()
     assert "stopped" in error.inner_text(), error.inner_text()
     row(sidebar, mine).wait_for(state="detached", timeout=30_000)  # the list read again after the failure
+
+
+@pytest.fixture(scope="module")
+def fleet_lab(tmp_path_factory, postgres):
+    """JupyterLab as host alpha of a fleet (its sandboxes' state in a PostgreSQL database):
+    (url, token, root, database URL)."""
+    root = tmp_path_factory.mktemp("lab-fleet")
+    database = postgres.create_database(f"lab_{os.getpid()}_{time.monotonic_ns()}")
+    env = {"NEXUS_DATA_DIR": str(root / "data"), "NEXUS_DATABASE_URL": database, "NEXUS_HOST_ID": "alpha"}
+    server, url, token = start_lab(root, env)
+    yield url, token, root, database
+    server.terminate()
+    server.wait(30)
+
+
+def test_in_a_fleet_each_row_names_its_host_and_an_unreachable_one_says_which(page, fleet_lab, monkeypatch):
+    url, token, root, database = fleet_lab
+    monkeypatch.setenv("NEXUS_DATABASE_URL", database)
+    managers = {}
+    for host, data_dir in (("alpha", root / "data"), ("beta", root / "beta-data")):
+        # alpha's own CLI, and that of a host that runs no server
+        monkeypatch.setenv("NEXUS_HOST_ID", host)
+        managers[host] = SandboxManager(data_dir, warm_pool=0)
+        assert managers[host].service.fleet.host_id == host
+    here = managers["alpha"].sandbox_create("here")["sandbox_id"]
+    there = managers["beta"].sandbox_create("there")["sandbox_id"]
+    try:
+        sidebar = open_sidebar(page, (url, token, root))
+        row(sidebar, there).wait_for(timeout=30_000)
+        assert row(sidebar, here).locator(".jp-NexusSandboxes-provider").inner_text() == "local on alpha"
+        assert row(sidebar, there).locator(".jp-NexusSandboxes-provider").inner_text() == "local on beta"
+        row(sidebar, there).get_by_role("button", name="Pause").click()
+        error = sidebar.locator(".jp-NexusSandboxes-error")
+        error.wait_for(timeout=30_000)
+        assert error.inner_text() == (
+            f"pause failed: Sandbox {there} is on host beta, where no nexus server is running: start one there "
+            "(nexus serve, or a Jupyter server with the extension) or act on it from beta"
+        )
+        row(sidebar, here).get_by_role("button", name="Pause").click()
+        row(sidebar, here).locator(".jp-NexusSandboxes-status", has_text="paused").wait_for(timeout=30_000)
+    finally:
+        managers["alpha"].sandbox_stop(here)
+        managers["beta"].sandbox_stop(there)

@@ -26,6 +26,7 @@ export interface ISandbox {
   notebook?: string; // the notebook whose %%sandbox cells made or chose it (absolute path on the server)
   notebook_path?: string; // that notebook as Lab names it now (under the server's root)
   kernel_id?: string; // the notebook kernel whose %%sandbox cells use it by default
+  host?: string; // the host holding its box, when hosts share one PostgreSQL database
 }
 
 /** One entry of `GET sandboxes/{id}/files?path=`. */
@@ -51,6 +52,11 @@ export interface IMetrics {
 }
 
 /** Milliseconds since the epoch of the API's UTC time ("YYYY-MM-DDTHH:MM:SS"), or null. */
+/** Where a sandbox runs: its provider, and in a fleet the host holding its box ("local on alpha"). */
+export function whereItRuns(sandbox: ISandbox): string {
+  return sandbox.host ? `${sandbox.provider} on ${sandbox.host}` : sandbox.provider;
+}
+
 export function parseUtc(text: string | null | undefined): number | null {
   if (!text) {
     return null;

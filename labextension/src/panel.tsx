@@ -15,7 +15,7 @@ import { ApiError, sandboxAction } from './api';
 import { SandboxConsole } from './console';
 import { SandboxFiles } from './files';
 import { SandboxMetrics } from './metrics';
-import { actionsFor, timeLeft, uptime } from './model';
+import { actionsFor, timeLeft, uptime, whereItRuns } from './model';
 import { SandboxList } from './sandboxes';
 
 /** What can be opened under a row. */
@@ -196,7 +196,7 @@ export class SandboxesPanel extends ReactWidget {
                     <span className={`jp-NexusSandboxes-status jp-mod-${sandbox.status}`}>{sandbox.status}</span>
                   </div>
                   <div className="jp-NexusSandboxes-line jp-NexusSandboxes-details">
-                    <span className="jp-NexusSandboxes-provider">{sandbox.provider}</span>
+                    <span className="jp-NexusSandboxes-provider">{whereItRuns(sandbox)}</span>
                     <span>
                       up <span className="jp-NexusSandboxes-uptime">{uptime(sandbox, list.readAt, now)}</span>
                     </span>

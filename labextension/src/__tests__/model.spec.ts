@@ -8,7 +8,8 @@ import {
   parseUtc,
   sparklinePoints,
   timeLeft,
-  uptime
+  uptime,
+  whereItRuns
 } from '../model';
 
 function sandbox(fields: Partial<ISandbox>): ISandbox {
@@ -120,5 +121,12 @@ describe('notebookState', () => {
     expect(notebookState(sandbox({ status: 'paused' }))).toBe('paused');
     expect(notebookState(sandbox({ status: 'stopped', stop_reason: 'expired' }))).toBe('expired');
     expect(notebookState(sandbox({ status: 'stopped', stop_reason: 'stopped' }))).toBe('stopped');
+  });
+});
+
+describe('whereItRuns', () => {
+  it('names the host holding the box in a fleet, and only the provider otherwise', () => {
+    expect(whereItRuns(sandbox({ provider: 'local', host: 'alpha' }))).toBe('local on alpha');
+    expect(whereItRuns(sandbox({ provider: 'docker' }))).toBe('docker');
   });
 });
