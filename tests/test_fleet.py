@@ -376,6 +376,15 @@ def test_a_docker_engine_the_hosts_share_is_reached_from_each_and_a_socket_box_i
         beta.sandbox_stop(shared)
     assert alpha.sandbox_status(shared)["status"] == "stopped"
 
+    # Spares are their maker's: beta neither sees nor takes the one alpha keeps warm.
+    alpha_docker, beta_docker = alpha.service.provider("docker"), beta.service.provider("docker")
+    alpha_docker.pool_size = 1
+    try:
+        assert alpha_docker.fill_pool() == 1
+        assert len(alpha_docker._pool_containers()) == 1 and beta_docker._pool_containers() == []
+    finally:
+        alpha_docker.drain_pool()
+
     monkeypatch.setenv("NEXUS_DOCKER_TRANSPORT", "socket")
     mounted = alpha.sandbox_create("over-socket")["sandbox_id"]
     try:
