@@ -150,6 +150,12 @@ def test_a_sandbox_made_on_one_host_is_listed_run_and_stopped_from_the_other(fle
     assert "".join(e["text"] for e in printed) == "0\n1\n2\n"
     assert printed[0]["at"] < slow["end"]["at"] - 1.5
 
+    # The database's URL (and so its password) never reaches the code in a box, whichever process is seen.
+    password = fleet.database.split(":")[2].split("@")[0]
+    seen = fleet.run("beta", sandbox_id, "cat /proc/*/environ | tr '\\0' '\\n'", language="bash")
+    environ = seen["end"]["result"]["stdout"]
+    assert "PATH=" in environ and "NEXUS_DATABASE_URL" not in environ and password not in environ
+
     # Files both ways, and the holder's view of the state.
     payload = bytes(range(256)) * 1000
     put = fleet.call("beta", "PUT", f"/sandboxes/{sandbox_id}/files/data/blob.bin", data=payload)
