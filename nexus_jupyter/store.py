@@ -95,6 +95,16 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
+def make_data_dir_private(data_dir: Path, *marks: Path) -> None:
+    """Make the data dir its owner's alone (0700), tightened only when it is ours: new, or
+    holding one of ``marks`` (never a folder of the user's that NEXUS_DATA_DIR happens to name)."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = data_dir.stat()
+    ours = any(mark.exists() for mark in marks) or not any(data_dir.iterdir())
+    if ours and info.st_uid == os.geteuid() and info.st_mode & 0o077:
+        data_dir.chmod(0o700)
+
+
 class SandboxStore(ABC):
     """The queries of the store, whichever database holds it: a backend gives ``_execute``
     (``?`` placeholders; rows readable by column name) and ``_transaction``."""
@@ -318,13 +328,7 @@ class Store(SandboxStore):
         """The data dir is its owner's alone (0700) and the database 0600: other users of
         the machine must not read sandboxes' state or reach their boxes' directories.
         SQLite gives its -wal and -shm files the database's own mode."""
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        info = self.data_dir.stat()
-        # Tightened only when it is ours: new, or already holding the store (never a folder
-        # of the user's that NEXUS_DATA_DIR happens to name).
-        ours = self.path.exists() or not any(self.data_dir.iterdir())
-        if ours and info.st_uid == os.geteuid() and info.st_mode & 0o077:
-            self.data_dir.chmod(0o700)
+        make_data_dir_private(self.data_dir, self.path)
         try:
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         except FileExistsError:

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import StoreError
-from .store import SandboxStore, default_data_dir
+from .store import SandboxStore, default_data_dir, make_data_dir_private
 
 # Its own numbering: 2 as SQLite's schema 2; 3 adds the fleet (rows' host, the servers, the store id).
 SCHEMA_VERSION = 3
@@ -118,7 +118,8 @@ class PostgresStore(SandboxStore):
                 "pip install 'nexus-jupyter[postgres]'"
             ) from None
         self._psycopg = psycopg
-        # The boxes of the local provider still live on this host, under its data dir.
+        # The boxes of the local provider still live on this host, under its data dir: its
+        # owner's alone, as with SQLite.
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.url = url
         self.where = describe(url)
@@ -133,6 +134,10 @@ class PostgresStore(SandboxStore):
         except psycopg.Error as exc:
             raise StoreError(f"cannot use the state database {self.where}: {_first_line(exc)}") from None
         self._first_lock = threading.Lock()
+        try:
+            make_data_dir_private(self.data_dir, self.data_dir / "host-id", self.data_dir / "boxes")
+        except OSError as exc:
+            raise StoreError(f"cannot use the data directory {self.data_dir}: {exc.strerror}") from None
         self.store_id = self._execute("SELECT value FROM nexus_meta WHERE key = 'store_id'").fetchone()["value"]
 
     def _migrate(self, conn) -> None:

@@ -282,3 +282,19 @@ def test_without_psycopg_a_database_url_says_what_to_install(tmp_path):
     line = one_line_error(done)
     assert "pip install 'nexus-jupyter[postgres]'" in line and "pw" not in line
     assert not (tmp_path / "data" / "nexus.db").exists()
+
+
+def test_a_fresh_data_dir_is_its_owners_alone_on_either_backend(store_url, tmp_path):
+    data_dir, url = store_url
+    os.makedirs(data_dir, mode=0o755)
+    os.chmod(data_dir, 0o755)  # as a server's serve-root made its parents, or mkdir -p did
+    open_store(data_dir, url)
+    assert os.stat(data_dir).st_mode & 0o777 == 0o700
+    # A folder of the user's that NEXUS_DATA_DIR happens to name is left as it is.
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    (theirs / "notes.txt").write_text("mine")
+    os.chmod(theirs, 0o755)
+    if url:
+        open_store(theirs, url)
+        assert os.stat(theirs).st_mode & 0o777 == 0o755
