@@ -53,6 +53,25 @@ def local_key(data_dir: Path) -> tuple[str, Path]:
     return path.read_text().strip(), path
 
 
+def keys_file_warning(keys_file: str) -> str | None:
+    """A warning when other users of this machine can read a keys file holding a plain key
+    (any key in it opens the sandbox API as its user); digests (``sha256:``) may be read."""
+    try:
+        mode = os.stat(keys_file).st_mode
+        lines = open(keys_file, encoding="utf-8").read().splitlines()
+    except OSError:
+        return None  # read_keys_file says what is wrong with it
+    plain = any(
+        words and not words[0].startswith("sha256:") for words in (line.split("#", 1)[0].split() for line in lines)
+    )
+    if plain and mode & 0o044:
+        return (
+            f"nexus serve: warning: other users of this machine can read {keys_file}, and each key in it opens "
+            f"the sandbox API as its user: chmod 600 {keys_file} (or keep only sha256:<digest> of each key there)"
+        )
+    return None
+
+
 def server_arguments(host: str, port: int, data_dir: Path, keys_file: str | None) -> tuple[list[str], dict]:
     """The ServerApp arguments of ``nexus serve``, and the environment it needs; InvalidArgument
     when the address may not be served as asked."""
@@ -109,6 +128,9 @@ def serve(host: str, port: int, keys_file: str | None = None, extra: list[str] |
             "put it behind TLS, or pass --ServerApp.certfile=... --ServerApp.keyfile=...",
             flush=True,
         )
+    warning = keys_file_warning(keys_file) if keys_file else None
+    if warning:
+        print(warning, flush=True)
     made_key = "NEXUS_API_KEY" in env
     os.environ.update(env)
     if made_key:

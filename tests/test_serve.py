@@ -12,7 +12,7 @@ import time
 
 import pytest
 import requests
-from jupyter_servers import NexusServe, free_port
+from jupyter_servers import NexusServe, free_port, stop_process, wait_until_serving
 
 from conftest import destroy_everything_in
 
@@ -203,3 +203,33 @@ def test_remote_mode_keeps_absolute_paths_and_refuses_a_key_with_a_line_break(tm
     finally:
         server.stop()
         destroy_everything_in(tmp_path / "data")
+
+
+def test_a_keys_file_other_users_can_read_is_warned_about_unless_it_holds_only_digests(tmp_path):
+    from nexus_jupyter.auth import digest
+    from nexus_jupyter.serve import keys_file_warning
+
+    keys = tmp_path / "keys"
+    keys.write_text("# the team\nplain-key-0123456789abcdef alice\n")
+    keys.chmod(0o644)
+    assert keys_file_warning(str(keys)) == (
+        f"nexus serve: warning: other users of this machine can read {keys}, and each key in it opens the sandbox "
+        f"API as its user: chmod 600 {keys} (or keep only sha256:<digest> of each key there)"
+    )
+    keys.chmod(0o600)
+    assert keys_file_warning(str(keys)) is None
+    keys.write_text(f"sha256:{digest('plain-key-0123456789abcdef')} alice admin\n")
+    keys.chmod(0o644)
+    assert keys_file_warning(str(keys)) is None
+    # nexus serve itself prints it as it starts
+    keys.write_text("plain-key-0123456789abcdef alice\n")
+    log, port = tmp_path / "serve.log", free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nexus_jupyter", "serve", "--port", str(port), "--keys-file", str(keys)],
+        env={**os.environ, "NEXUS_DATA_DIR": str(tmp_path / "data")}, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_until_serving(server, f"http://127.0.0.1:{port}", log)
+        assert f"other users of this machine can read {keys}" in log.read_text()
+    finally:
+        stop_process(server)
