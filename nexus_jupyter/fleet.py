@@ -67,6 +67,13 @@ class Fleet:
         """Whether this process can reach the row's box itself."""
         if not self.store.shared or row.get("host") in (None, self.host_id):
             return True
+        return self.on_shared_engine(row)
+
+    def on_shared_engine(self, row: dict) -> bool:
+        """Whether the row's box is on an engine every host of the fleet reaches (E2B, a
+        shared Docker engine); never with one machine's store."""
+        if not self.store.shared:
+            return False
         try:
             return self.service.provider(row["provider"]).reachable(row["provider_state"])
         except SandboxError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from .errors import ProviderUnavailable, RunCancelled, SandboxError
 from .fleet import ADMIN_HEADER, USER_HEADER
@@ -47,7 +47,7 @@ class FleetPeer(RemoteService):
                     self._next_server(exc)
                     continue
             try:
-                connection.request(method, self._base + path + (f"?{urlencode(query)}" if query else ""), body, headers)
+                connection.request(method, self._target(path, query), body, headers)
                 return connection.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()

@@ -146,7 +146,7 @@ class Reaper:
             if row["status"] not in ("active", "paused") or not holds(row):
                 continue
             # A shared engine's box is every host's to check: the fleet's one pass does it.
-            if not fleet and self._shared(row):
+            if not fleet and self.service.fleet.on_shared_engine(row):
                 continue
             verified, seen = self.verify(row)
             if verified and seen == "stopped":
@@ -170,14 +170,6 @@ class Reaper:
                 report["orphans"].append(orphan)
             report["pruned"] += backend.prune()
         return report
-
-    def _shared(self, row: dict) -> bool:
-        if not self.store.shared:
-            return False
-        try:
-            return self.service.provider(row["provider"]).reachable(row["provider_state"])
-        except SandboxError:
-            return False
 
     # ---- in the background
     def reap_in_background(self) -> None:

@@ -84,7 +84,7 @@ class RemoteService:
 
     def _send(self, method: str, path: str, body=None, headers: dict | None = None, query: dict | None = None):
         """The response to one request (its body not yet read); connection failures as one line."""
-        target = self._base + path + (f"?{urlencode(query)}" if query else "")
+        target = self._target(path, query)
         headers = {"Authorization": f"Bearer {self.api_key}", **(headers or {})}
         import http.client
 
@@ -103,6 +103,9 @@ class RemoteService:
                 self._local.connection = None
                 raise self._unreachable(exc) from None
         raise AssertionError("unreachable")
+
+    def _target(self, path: str, query: dict | None = None) -> str:
+        return self._base + path + (f"?{urlencode(query)}" if query else "")
 
     def _unreachable(self, exc: Exception) -> ProviderUnavailable:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
